@@ -1,0 +1,135 @@
+package postscale
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// adminAPI serves account and key management under /postscale/ on Caddy's
+// admin endpoint, so it inherits the endpoint's access controls (localhost
+// only by default). It works on the store of the running config's
+// postscale handler; with several stores, ?store=<identity> picks one.
+type adminAPI struct {
+	ctx caddy.Context
+}
+
+// CaddyModule returns the Caddy module information.
+func (adminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.postscale",
+		New: func() caddy.Module { return new(adminAPI) },
+	}
+}
+
+// Provision keeps the context; the postscale app is looked up per request
+// because the admin endpoint is provisioned before the apps are.
+func (a *adminAPI) Provision(ctx caddy.Context) error {
+	a.ctx = ctx
+	return nil
+}
+
+const adminPrefix = "/postscale/"
+
+// Routes implements caddy.AdminRouter.
+func (a *adminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{Pattern: adminPrefix, Handler: caddy.AdminHandlerFunc(a.serve)}}
+}
+
+// maxAdminBody bounds a management request body.
+const maxAdminBody = 1 << 20
+
+func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+	m, err := a.manager(r)
+	if err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: err}
+	}
+	ctx := r.Context()
+	// /postscale/<collection>[/<id>]
+	collection, id, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, adminPrefix), "/")
+	var (
+		status = http.StatusOK
+		out    any
+	)
+	switch {
+	case collection == "accounts" && id == "" && r.Method == http.MethodPost:
+		var req AccountRequest
+		if err = decodeBody(r, &req); err == nil {
+			out, err = m.CreateAccount(ctx, req)
+			status = http.StatusCreated
+		}
+	case collection == "accounts" && id != "" && r.Method == http.MethodGet:
+		out, err = m.GetAccount(ctx, id)
+	case collection == "keys" && id == "" && r.Method == http.MethodPost:
+		var req KeyRequest
+		if err = decodeBody(r, &req); err == nil {
+			out, err = m.CreateKey(ctx, req)
+			status = http.StatusCreated
+		}
+	case collection == "keys" && id == "" && r.Method == http.MethodGet:
+		out, err = m.ListKeys(ctx, r.URL.Query().Get("account"))
+	case collection == "keys" && id != "" && r.Method == http.MethodGet:
+		out, err = m.GetKey(ctx, id)
+	case collection == "keys" && id != "" && r.Method == http.MethodDelete:
+		out, err = m.RevokeKey(ctx, id)
+	case (collection == "accounts" || collection == "keys") && !strings.Contains(id, "/"):
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed on %s", r.Method, r.URL.Path)}
+	default:
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no such endpoint: %s", r.URL.Path)}
+	}
+	if err != nil {
+		return caddy.APIError{HTTPStatus: errorStatus(err), Err: err}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	return json.NewEncoder(w).Encode(out)
+}
+
+// manager returns the store manager of the running config's keyring.
+func (a *adminAPI) manager(r *http.Request) (Manager, error) {
+	app, err := a.ctx.AppIfConfigured("postscale")
+	if err != nil {
+		return nil, errNoStore
+	}
+	k, err := app.(*App).keyring(r.URL.Query().Get("store"))
+	if err != nil {
+		return nil, err
+	}
+	return storeManager{store: k.store, now: time.Now, changed: k.apply}, nil
+}
+
+func decodeBody(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxAdminBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return badInput("body", "must be one JSON object of the documented fields: %v", err)
+	}
+	return nil
+}
+
+// errorStatus maps a Manager error onto an HTTP status.
+func errorStatus(err error) int {
+	var in *InputError
+	switch {
+	case errors.As(err, &in):
+		return http.StatusBadRequest
+	case errors.Is(err, ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, ErrExists):
+		return http.StatusConflict
+	}
+	return http.StatusInternalServerError
+}
+
+// Interface guards.
+var (
+	_ caddy.AdminRouter = (*adminAPI)(nil)
+	_ caddy.Provisioner = (*adminAPI)(nil)
+)

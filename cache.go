@@ -1,0 +1,248 @@
+package postscale
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/dgraph-io/ristretto/v2"
+	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
+)
+
+// entry is what the cache holds for one key hash: the record that was found,
+// or a negative entry for a hash the store does not know. Entries are
+// immutable once cached, and carry the values the request path hands on,
+// built once here instead of on every request.
+type entry struct {
+	hash  [sha256.Size]byte
+	found bool
+
+	keyID, keyName, accountID, plan string
+	mode                            Mode
+	legacy                          bool
+	revoked                         bool
+	expiresAt                       time.Time // zero: never
+
+	// Header values for the backend, each a one-element slice with no
+	// spare capacity, so that an append downstream copies instead of
+	// writing into the shared array.
+	modeHdr, accountHdr, keyHdr, planHdr []string
+	// Placeholder values, boxed once.
+	modeVal, accountVal, keyVal, planVal, nameVal any
+}
+
+func newEntry(h [sha256.Size]byte, k KeyRecord, a Account) *entry {
+	e := &entry{
+		hash:      h,
+		found:     true,
+		keyID:     k.ID,
+		keyName:   k.Name,
+		accountID: a.ID,
+		plan:      a.Plan,
+		mode:      k.Mode,
+		legacy:    k.Legacy,
+		revoked:   k.RevokedAt != nil,
+	}
+	if k.ExpiresAt != nil {
+		e.expiresAt = *k.ExpiresAt
+	}
+	one := func(s string) []string { return []string{s}[:1:1] }
+	e.modeHdr, e.accountHdr, e.keyHdr, e.planHdr = one(k.Mode.String()), one(a.ID), one(k.ID), one(a.Plan)
+	e.modeVal, e.accountVal, e.keyVal, e.planVal, e.nameVal = k.Mode.String(), a.ID, k.ID, a.Plan, k.Name
+	return e
+}
+
+// keyring verifies key hashes through a ristretto cache in front of a
+// Store. One keyring exists per store identity and outlives config reloads,
+// so the cache stays warm.
+//
+// Revocation safety: every invalidation bumps gen under mu and waits until
+// the cache has applied the delete. A store lookup remembers gen when it
+// starts and caches its answer only if gen is unchanged (checked under mu,
+// read-locked), so a lookup that was in flight during a revocation can never
+// put the old record back. Singleflight calls are keyed by (hash, gen) for
+// the same reason: a request after the revocation never joins an older
+// lookup.
+type keyring struct {
+	store  Store
+	cache  *ristretto.Cache[uint64, *entry]
+	group  singleflight.Group
+	logger *zap.Logger
+
+	mu  sync.RWMutex // held for writing while invalidating; for reading while filling
+	gen atomic.Uint64
+
+	// failing is true from a failed store lookup to the next good one, so
+	// that an outage is logged once each way, not per request.
+	failing atomic.Bool
+
+	// lookupTimeout bounds one store lookup.
+	lookupTimeout time.Duration
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// keyringCapacity is how many keys (found or not) the cache holds.
+const keyringCapacity = 1 << 17
+
+func newKeyring(store Store, logger *zap.Logger) (*keyring, error) {
+	cache, err := ristretto.NewCache(&ristretto.Config[uint64, *entry]{
+		NumCounters:        10 * keyringCapacity,
+		MaxCost:            keyringCapacity,
+		BufferItems:        64,
+		IgnoreInternalCost: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating key cache: %w", err)
+	}
+	return &keyring{store: store, cache: cache, logger: logger, lookupTimeout: 5 * time.Second}, nil
+}
+
+// watch starts following the store's changes until Destruct.
+func (k *keyring) watch() {
+	ctx, cancel := context.WithCancel(context.Background())
+	k.cancel, k.done = cancel, make(chan struct{})
+	go func() {
+		defer close(k.done)
+		defer func() {
+			if p := recover(); p != nil {
+				k.logger.Error("store watcher panicked; revocations from other processes now wait for the cache TTL", zap.Any("panic", p))
+			}
+		}()
+		err := k.store.Watch(ctx, k.apply)
+		if err != nil && !errors.Is(err, context.Canceled) {
+			k.logger.Error("watching store changes stopped; revocations from other processes now wait for the cache TTL", zap.Error(err))
+		}
+	}()
+}
+
+// Destruct stops the watcher and frees the cache; the keyring pool calls it
+// when the last config using this store is unloaded.
+func (k *keyring) Destruct() error {
+	if k.cancel != nil {
+		k.cancel()
+		<-k.done
+	}
+	k.cache.Close()
+	return nil
+}
+
+func cacheIndex(h *[sha256.Size]byte) uint64 { return binary.LittleEndian.Uint64(h[:8]) }
+
+// get returns the entry for a key hash: from the cache when it holds one,
+// else from the store through singleflight, caching the answer for ttl
+// (negTTL when the store does not know the hash). An error means the store
+// could not answer; nothing is cached then.
+func (k *keyring) get(ctx context.Context, h *[sha256.Size]byte, ttl, negTTL time.Duration) (*entry, bool, error) {
+	if e, ok := k.cache.Get(cacheIndex(h)); ok && hashEqual(&e.hash, h) {
+		return e, true, nil
+	}
+	gen := k.gen.Load()
+	var sfKey [sha256.Size + 8]byte
+	copy(sfKey[:], h[:])
+	binary.LittleEndian.PutUint64(sfKey[sha256.Size:], gen)
+	v, err, _ := k.group.Do(string(sfKey[:]), func() (any, error) {
+		return k.load(ctx, *h, gen, ttl, negTTL)
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	return v.(*entry), false, nil
+}
+
+func (k *keyring) load(ctx context.Context, h [sha256.Size]byte, gen uint64, ttl, negTTL time.Duration) (*entry, error) {
+	// The lookup serves every request waiting on it, so it must not end
+	// when the first of them goes away.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), k.lookupTimeout)
+	defer cancel()
+	rec, acct, err := k.store.LookupKey(ctx, h)
+	var e *entry
+	switch {
+	case err == nil:
+		e = newEntry(h, rec, acct)
+	case errors.Is(err, ErrNotFound):
+		e, ttl = &entry{hash: h}, negTTL
+	default:
+		if k.failing.CompareAndSwap(false, true) {
+			k.logger.Warn("key store lookups failing: uncached keys get 503 until it answers again", zap.Error(err))
+		}
+		return nil, err
+	}
+	if k.failing.CompareAndSwap(true, false) {
+		k.logger.Info("key store lookups work again")
+	}
+	k.mu.RLock()
+	if k.gen.Load() == gen {
+		k.cache.SetWithTTL(cacheIndex(&h), e, 1, ttl)
+	}
+	k.mu.RUnlock()
+	return e, nil
+}
+
+// apply drops from the cache whatever a store change touched.
+func (k *keyring) apply(c Change) {
+	if c.Account != "" {
+		k.invalidateAccount(c.Account)
+	}
+	if c.KeyHash != ([sha256.Size]byte{}) {
+		k.invalidate(c.KeyHash)
+	}
+}
+
+// invalidate drops a key hash from the cache. When it returns, no request
+// can be served the old entry, and no lookup that started before can
+// re-cache it.
+func (k *keyring) invalidate(h [sha256.Size]byte) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.gen.Add(1)
+	k.cache.Del(cacheIndex(&h))
+	k.cache.Wait()
+}
+
+// invalidateAccount drops every cached key of an account, e.g. after a
+// plan change.
+func (k *keyring) invalidateAccount(id string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.gen.Add(1)
+	var drop []uint64
+	k.cache.IterValues(func(e *entry) bool {
+		if e.accountID == id {
+			drop = append(drop, cacheIndex(&e.hash))
+		}
+		return false
+	})
+	for _, i := range drop {
+		k.cache.Del(i)
+	}
+	k.cache.Wait()
+}
+
+// keyrings holds one keyring per store identity across config reloads.
+var keyrings = caddy.NewUsagePool()
+
+// loadKeyring returns the keyring of the store, creating it (and starting
+// its watcher) on first use. Release it with keyrings.Delete(identity).
+func loadKeyring(store Store, logger *zap.Logger) (*keyring, error) {
+	v, _, err := keyrings.LoadOrNew(store.Identity(), func() (caddy.Destructor, error) {
+		k, err := newKeyring(store, logger)
+		if err != nil {
+			return nil, err
+		}
+		k.watch()
+		return k, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*keyring), nil
+}

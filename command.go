@@ -1,0 +1,289 @@
+package postscale
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
+)
+
+func registerCommand() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "postscale",
+		Usage: "account|key <command> [flags]",
+		Short: "Manages Postscale accounts and API keys",
+		Long: `
+Manages the accounts and API keys of the Postscale gateway.
+
+When a Caddy instance runs, the commands go through its admin endpoint
+(found like 'caddy reload' finds it: --address, or the admin address in
+--config, or ` + caddy.DefaultAdminListen + `), so the instance applies a
+revocation before the command returns. When none runs, they open the
+embedded SQLite store directly (` + "`--store`" + ` names its file; default
+postscale/keys.db in Caddy's data directory), and running servers pick
+the change up within a second.
+
+  caddy postscale account create acme --plan growth
+  caddy postscale key create --account acme --name "production server"
+  caddy postscale key list --account acme
+  caddy postscale key revoke key_…
+
+'key create' prints the key alone on stdout, so a script can capture it;
+it is shown this once and never again.`,
+		CobraFunc: func(cmd *cobra.Command) {
+			pf := cmd.PersistentFlags()
+			pf.String("address", "", "Address of the administration API listener (if --config is not used)")
+			pf.StringP("config", "c", "", "Configuration file to read the admin address from (if --address is not used)")
+			pf.StringP("adapter", "a", "", "Name of config adapter to apply (if --config is used)")
+			pf.String("store", "", "Path of a SQLite store to use directly instead of a running instance")
+			cmd.AddCommand(accountCommand(), keyCommand())
+		},
+	})
+}
+
+func accountCommand() *cobra.Command {
+	account := &cobra.Command{Use: "account", Short: "Creates and shows accounts"}
+
+	create := &cobra.Command{
+		Use:   "create <id> --plan <plan> [--rate <req/s> [--burst <n>]]",
+		Short: "Creates an account on a plan (starter, growth, scale, or enterprise with --rate)",
+		Args:  cobra.ExactArgs(1),
+		RunE: withManager(func(ctx context.Context, cmd *cobra.Command, m Manager, args []string) error {
+			req := AccountRequest{ID: args[0]}
+			req.Plan, _ = cmd.Flags().GetString("plan")
+			req.Rate, _ = cmd.Flags().GetFloat64("rate")
+			req.Burst, _ = cmd.Flags().GetInt("burst")
+			a, err := m.CreateAccount(ctx, req)
+			if err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), a)
+		}),
+	}
+	create.Flags().String("plan", "starter", "Plan of the account")
+	create.Flags().Float64("rate", 0, "Requests per second (enterprise plan only)")
+	create.Flags().Int("burst", 0, "Burst size (enterprise plan only; default: the rate)")
+
+	show := &cobra.Command{
+		Use:   "show <id>",
+		Short: "Shows an account",
+		Args:  cobra.ExactArgs(1),
+		RunE: withManager(func(ctx context.Context, cmd *cobra.Command, m Manager, args []string) error {
+			a, err := m.GetAccount(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), a)
+		}),
+	}
+	account.AddCommand(create, show)
+	return account
+}
+
+func keyCommand() *cobra.Command {
+	key := &cobra.Command{Use: "key", Short: "Creates, lists, shows and revokes API keys"}
+
+	create := &cobra.Command{
+		Use:   "create --account <id> --name <name> [--mode live|test] [--expires-at <RFC 3339 time>] [--json]",
+		Short: "Creates a key and prints it, this once, alone on stdout",
+		Args:  cobra.NoArgs,
+		RunE: withManager(func(ctx context.Context, cmd *cobra.Command, m Manager, _ []string) error {
+			fl := cmd.Flags()
+			var req KeyRequest
+			req.Account, _ = fl.GetString("account")
+			req.Name, _ = fl.GetString("name")
+			req.Mode, _ = fl.GetString("mode")
+			req.Scopes, _ = fl.GetStringSlice("scope")
+			if s, _ := fl.GetString("expires-at"); s != "" {
+				t, err := time.Parse(time.RFC3339, s)
+				if err != nil {
+					return fmt.Errorf("--expires-at: want an RFC 3339 time such as 2027-01-31T00:00:00Z: %v", err)
+				}
+				req.ExpiresAt = &t
+			}
+			k, err := m.CreateKey(ctx, req)
+			if err != nil {
+				return err
+			}
+			if asJSON, _ := fl.GetBool("json"); asJSON {
+				return printJSON(cmd.OutOrStdout(), k)
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "Created %s key %s %q for account %s. Copy it now: it is not shown again.\n",
+				k.Mode, k.ID, k.Name, k.Account)
+			_, err = fmt.Fprintln(cmd.OutOrStdout(), k.Key)
+			return err
+		}),
+	}
+	create.Flags().String("account", "", "Account the key belongs to (required)")
+	create.Flags().String("name", "", "What the key is for, e.g. \"production server\" (required)")
+	create.Flags().String("mode", "live", "live (sends email) or test (never delivers)")
+	create.Flags().StringSlice("scope", nil, "Scope the key is limited to (repeatable); none means full access")
+	create.Flags().String("expires-at", "", "Time the key stops working (RFC 3339)")
+	create.Flags().Bool("json", false, "Print the whole record, key included, as JSON")
+
+	list := &cobra.Command{
+		Use:   "list --account <id>",
+		Short: "Lists an account's keys (never the keys themselves)",
+		Args:  cobra.NoArgs,
+		RunE: withManager(func(ctx context.Context, cmd *cobra.Command, m Manager, _ []string) error {
+			account, _ := cmd.Flags().GetString("account")
+			keys, err := m.ListKeys(ctx, account)
+			if err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), keys)
+		}),
+	}
+	list.Flags().String("account", "", "Account whose keys to list (required)")
+
+	show := &cobra.Command{
+		Use:   "show <key id>",
+		Short: "Shows a key's record",
+		Args:  cobra.ExactArgs(1),
+		RunE: withManager(func(ctx context.Context, cmd *cobra.Command, m Manager, args []string) error {
+			k, err := m.GetKey(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), k)
+		}),
+	}
+
+	revoke := &cobra.Command{
+		Use:   "revoke <key id>",
+		Short: "Revokes a key: it stops working at once",
+		Args:  cobra.ExactArgs(1),
+		RunE: withManager(func(ctx context.Context, cmd *cobra.Command, m Manager, args []string) error {
+			k, err := m.RevokeKey(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), k)
+		}),
+	}
+	key.AddCommand(create, list, show, revoke)
+	return key
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// withManager runs a subcommand against the running instance's admin
+// endpoint if one answers, else against the store directly.
+func withManager(run func(context.Context, *cobra.Command, Manager, []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		cmd.SilenceUsage = true
+		fl := cmd.Flags()
+		storePath, _ := fl.GetString("store")
+		if storePath == "" {
+			address, _ := fl.GetString("address")
+			config, _ := fl.GetString("config")
+			adapter, _ := fl.GetString("adapter")
+			addr, err := caddycmd.DetermineAdminAPIAddress(address, nil, config, adapter)
+			if err != nil {
+				return fmt.Errorf("finding the admin endpoint: %v", err)
+			}
+			if adminAnswers(addr) {
+				return run(cmd.Context(), cmd, adminClient{addr: addr}, args)
+			}
+			storePath = DefaultSQLitePath()
+			fmt.Fprintf(cmd.ErrOrStderr(), "No Caddy admin endpoint at %s; using the store %s directly.\n", addr, storePath)
+		}
+		s, err := OpenSQLiteStore(storePath)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		ctx := cmd.Context()
+		if ctx == nil {
+			ctx = context.Background()
+		}
+		return run(ctx, cmd, storeManager{store: s, now: time.Now}, args)
+	}
+}
+
+// adminAnswers reports whether something listens at the admin address.
+func adminAnswers(addr string) bool {
+	na, err := caddy.ParseNetworkAddress(addr)
+	if err != nil {
+		return false
+	}
+	conn, err := net.DialTimeout(na.Network, na.JoinHostPort(0), time.Second)
+	if err != nil {
+		return false
+	}
+	conn.Close()
+	return true
+}
+
+// adminClient is a Manager that calls a running instance's admin API.
+type adminClient struct{ addr string }
+
+func (c adminClient) call(method, uri string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	resp, err := caddycmd.AdminAPIRequest(c.addr, method, uri, nil, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("reading the admin API's answer: %v", err)
+	}
+	return nil
+}
+
+// adminCall calls the admin API and decodes its answer as a T.
+func adminCall[T any](c adminClient, method, uri string, in any) (T, error) {
+	var out T
+	err := c.call(method, uri, in, &out)
+	return out, err
+}
+
+func (c adminClient) CreateAccount(_ context.Context, req AccountRequest) (Account, error) {
+	return adminCall[Account](c, http.MethodPost, adminPrefix+"accounts", req)
+}
+
+func (c adminClient) GetAccount(_ context.Context, id string) (Account, error) {
+	return adminCall[Account](c, http.MethodGet, adminPrefix+"accounts/"+url.PathEscape(id), nil)
+}
+
+func (c adminClient) CreateKey(_ context.Context, req KeyRequest) (CreatedKey, error) {
+	return adminCall[CreatedKey](c, http.MethodPost, adminPrefix+"keys", req)
+}
+
+func (c adminClient) ListKeys(_ context.Context, account string) ([]KeyRecord, error) {
+	return adminCall[[]KeyRecord](c, http.MethodGet, adminPrefix+"keys?account="+url.QueryEscape(account), nil)
+}
+
+func (c adminClient) GetKey(_ context.Context, id string) (KeyRecord, error) {
+	return adminCall[KeyRecord](c, http.MethodGet, adminPrefix+"keys/"+url.PathEscape(id), nil)
+}
+
+func (c adminClient) RevokeKey(_ context.Context, id string) (KeyRecord, error) {
+	return adminCall[KeyRecord](c, http.MethodDelete, adminPrefix+"keys/"+url.PathEscape(id), nil)
+}
+
+// Interface guards.
+var (
+	_ Manager = adminClient{}
+	_ Manager = storeManager{}
+)

@@ -1,0 +1,110 @@
+package postscale
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+)
+
+// outcome is the result of checking one request. Every outcome maps to one
+// row of the contract's error table (SPEC §5) in rejections below.
+type outcome uint8
+
+const (
+	outcomeAdmitted outcome = iota
+	outcomeMissing
+	outcomeInvalid
+	outcomeRevoked
+	outcomeExpired
+	outcomeMultipleAuth
+	outcomeCredentialsInURL
+	outcomeUnavailable
+	numOutcomes
+)
+
+// rejection is a ready-made error response: built once at init, so that a
+// flood of bad requests costs no allocation for the body.
+type rejection struct {
+	status     int
+	wwwAuth    []string // WWW-Authenticate, or nil
+	retryAfter []string // Retry-After, or nil
+	body       []byte
+	length     []string // Content-Length
+}
+
+const (
+	challenge        = `Bearer realm="postscale"`
+	challengeInvalid = `Bearer realm="postscale", error="invalid_token"`
+	challengeRequest = `Bearer realm="postscale", error="invalid_request"`
+)
+
+var rejections [numOutcomes]rejection
+
+func init() {
+	def := func(o outcome, status int, wwwAuth, retryAfter, typ, code, message string) {
+		var doc struct {
+			Error struct {
+				Type    string `json:"type"`
+				Code    string `json:"code"`
+				Message string `json:"message"`
+			} `json:"error"`
+		}
+		doc.Error.Type, doc.Error.Code, doc.Error.Message = typ, code, message
+		body, err := json.Marshal(doc)
+		if err != nil {
+			panic(err)
+		}
+		r := rejection{status: status, body: body, length: []string{strconv.Itoa(len(body))}}
+		if wwwAuth != "" {
+			r.wwwAuth = []string{wwwAuth}
+		}
+		if retryAfter != "" {
+			r.retryAfter = []string{retryAfter}
+		}
+		rejections[o] = r
+	}
+	def(outcomeMissing, http.StatusUnauthorized, challenge, "",
+		"authentication_error", "missing_api_key",
+		"No API key provided. Send your key in the Authorization header: 'Authorization: Bearer ps_live_…'.")
+	def(outcomeInvalid, http.StatusUnauthorized, challengeInvalid, "",
+		"authentication_error", "invalid_api_key",
+		"The API key is not valid. Check that you copied the whole key (ps_live_… or ps_test_…) and that it has not been mistyped.")
+	def(outcomeRevoked, http.StatusUnauthorized, challengeInvalid, "",
+		"authentication_error", "revoked_api_key",
+		"This API key has been revoked. Create a new key and use it instead.")
+	def(outcomeExpired, http.StatusUnauthorized, challengeInvalid, "",
+		"authentication_error", "expired_api_key",
+		"This API key has expired. Use the key that replaced it, or create a new one.")
+	def(outcomeMultipleAuth, http.StatusBadRequest, challengeRequest, "",
+		"invalid_request_error", "invalid_request",
+		"The request has more than one Authorization header. Send exactly one: 'Authorization: Bearer <key>'.")
+	def(outcomeCredentialsInURL, http.StatusBadRequest, challengeRequest, "",
+		"invalid_request_error", "credentials_in_url",
+		"API keys must not be sent in the URL, where they end up in logs and browser history. Remove the key from the query string, send it in the Authorization header, and consider rotating it.")
+	def(outcomeUnavailable, http.StatusServiceUnavailable, "", "1",
+		"api_error", "store_unavailable",
+		"The key store is temporarily unavailable, so the API key could not be checked. Retry after the time in the Retry-After header.")
+}
+
+// writeRejection writes the error response of an outcome. It is the one
+// place where an auth failure becomes an HTTP response.
+func writeRejection(w http.ResponseWriter, o outcome) {
+	r := &rejections[o]
+	h := w.Header()
+	h["Content-Type"] = jsonContentType
+	h["Content-Length"] = r.length
+	h["Cache-Control"] = noStore
+	if r.wwwAuth != nil {
+		h["Www-Authenticate"] = r.wwwAuth
+	}
+	if r.retryAfter != nil {
+		h["Retry-After"] = r.retryAfter
+	}
+	w.WriteHeader(r.status)
+	_, _ = w.Write(r.body)
+}
+
+var (
+	jsonContentType = []string{"application/json"}
+	noStore         = []string{"no-store"}
+)

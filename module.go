@@ -1,0 +1,193 @@
+package postscale
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Handler authenticates requests by their bearer API key, tags them as
+// live or test with the account and key they belong to, and hands them to
+// the next handler (normally reverse_proxy). Nothing it has not verified
+// goes on: every failure, including a store outage, ends the request here
+// with the JSON error of SPEC §5.
+//
+// For the next handlers it sets the request headers Postscale-Mode,
+// Postscale-Account-Id, Postscale-Key-Id and Postscale-Plan (dropping any
+// the client sent), removes Authorization unless ForwardAuthorization is
+// set, and sets the placeholders {postscale.mode}, {postscale.account_id},
+// {postscale.key_id}, {postscale.plan}, {postscale.key_name} and
+// {http.auth.user.id} (the key id).
+type Handler struct {
+	// StoreRaw is the key store, a module in the postscale.stores
+	// namespace. Default: the embedded SQLite store in Caddy's data
+	// directory ({"backend": "sqlite"}).
+	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=postscale.stores inline_key=backend"`
+
+	// CacheTTL is how long a key found in the store is served from memory.
+	// Revocations and changes reach the cache sooner through the store's
+	// change feed; the TTL bounds how long a key keeps working while the
+	// store is unreachable. Default: 5m.
+	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
+
+	// NegativeTTL is how long a key the store does not know is remembered
+	// as unknown, so a flood of made-up keys does not reach the store.
+	// Default: 30s.
+	NegativeTTL caddy.Duration `json:"negative_ttl,omitempty"`
+
+	// LegacyKeys accepts imported keys of the old system, which carry no
+	// checksum. Default: off (only issued keys with a valid checksum).
+	LegacyKeys bool `json:"legacy_keys,omitempty"`
+
+	// ForwardAuthorization keeps the Authorization header, with the key, on
+	// the request to the backend. Default: off (it is removed).
+	ForwardAuthorization bool `json:"forward_authorization,omitempty"`
+
+	store  Store
+	keys   *keyring
+	logger *zap.Logger
+}
+
+// Defaults of the optional fields.
+const (
+	DefaultCacheTTL    = 5 * time.Minute
+	DefaultNegativeTTL = 30 * time.Second
+)
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.postscale",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision loads the store and joins (or creates) its keyring.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.CacheTTL == 0 {
+		h.CacheTTL = caddy.Duration(DefaultCacheTTL)
+	}
+	if h.NegativeTTL == 0 {
+		h.NegativeTTL = caddy.Duration(DefaultNegativeTTL)
+	}
+	if h.StoreRaw == nil {
+		h.StoreRaw = json.RawMessage(`{"backend":"sqlite"}`)
+	}
+	mod, err := ctx.LoadModule(h, "StoreRaw")
+	if err != nil {
+		return fmt.Errorf("loading store: %w", err)
+	}
+	h.store = mod.(Store)
+	h.keys, err = loadKeyring(h.store, ctx.Logger().Named("keyring"))
+	if err != nil {
+		return err
+	}
+	app, err := ctx.App("postscale")
+	if err != nil {
+		return fmt.Errorf("loading postscale app: %w", err)
+	}
+	app.(*App).register(h.keys)
+	if h.ForwardAuthorization {
+		h.logger.Warn("forward_authorization is on: the backend receives every API key in plaintext")
+	}
+	if h.LegacyKeys {
+		h.logger.Info("legacy_keys is on: imported keys without a checksum are accepted")
+	}
+	return nil
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	if h.CacheTTL < 0 {
+		return fmt.Errorf("cache_ttl must not be negative, got %s", time.Duration(h.CacheTTL))
+	}
+	if h.NegativeTTL < 0 {
+		return fmt.Errorf("negative_ttl must not be negative, got %s", time.Duration(h.NegativeTTL))
+	}
+	return nil
+}
+
+// Cleanup releases this config's hold on the keyring.
+func (h *Handler) Cleanup() error {
+	if h.keys == nil {
+		return nil
+	}
+	_, err := keyrings.Delete(h.store.Identity())
+	return err
+}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	e, o := h.check(r)
+	if o != outcomeAdmitted {
+		writeRejection(w, o)
+		return nil
+	}
+
+	hdr := r.Header
+	hdr["Postscale-Mode"] = e.modeHdr
+	hdr["Postscale-Account-Id"] = e.accountHdr
+	hdr["Postscale-Key-Id"] = e.keyHdr
+	hdr["Postscale-Plan"] = e.planHdr
+	if !h.ForwardAuthorization {
+		delete(hdr, "Authorization")
+	}
+
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	repl.Set("postscale.mode", e.modeVal)
+	repl.Set("postscale.account_id", e.accountVal)
+	repl.Set("postscale.key_id", e.keyVal)
+	repl.Set("postscale.plan", e.planVal)
+	repl.Set("postscale.key_name", e.nameVal)
+	repl.Set("http.auth.user.id", e.keyVal)
+
+	return next.ServeHTTP(w, r)
+}
+
+// check authenticates a request: it returns the key's cache entry and
+// outcomeAdmitted, or the outcome that rejects the request.
+func (h *Handler) check(r *http.Request) (*entry, outcome) {
+	dropClientHeaders(r.Header)
+	if r.URL.RawQuery != "" && credentialsInQuery(r.URL.RawQuery) {
+		return nil, outcomeCredentialsInURL
+	}
+	token, o := bearerToken(r.Header)
+	if o != outcomeAdmitted {
+		return nil, o
+	}
+	key, err := ParseKey(token, h.LegacyKeys)
+	if err != nil {
+		return nil, outcomeInvalid
+	}
+	e, _, err := h.keys.get(r.Context(), &key.Hash, time.Duration(h.CacheTTL), time.Duration(h.NegativeTTL))
+	if err != nil {
+		if c := h.logger.Check(zapcore.DebugLevel, "key store unavailable; answering 503"); c != nil {
+			c.Write(zap.Error(err))
+		}
+		return nil, outcomeUnavailable
+	}
+	switch {
+	case !e.found, e.legacy && !h.LegacyKeys:
+		return nil, outcomeInvalid
+	case e.revoked:
+		return nil, outcomeRevoked
+	case !e.expiresAt.IsZero() && !time.Now().Before(e.expiresAt):
+		return nil, outcomeExpired
+	}
+	return e, outcomeAdmitted
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

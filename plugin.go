@@ -1,0 +1,32 @@
+// Package postscale is the Postscale Gateway: a Caddy v2 plugin that puts
+// API-key authentication in front of an email-sending backend.
+//
+// The postscale handler reads "Authorization: Bearer <key>", verifies the
+// key against a key store through an in-memory cache, tags the request as
+// live or test with the account and key it belongs to, removes the secret,
+// and hands the request to the next handler, normally reverse_proxy. Keys
+// and accounts are managed through Caddy's admin endpoint (/postscale/) or
+// the "caddy postscale" command.
+//
+// Modules: http.handlers.postscale (the handler), postscale (the app that
+// ties handlers to the admin API), admin.api.postscale, and the key stores
+// in the postscale.stores namespace (postscale.stores.sqlite, the default).
+package postscale
+
+import (
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+	caddy.RegisterModule(new(App))
+	caddy.RegisterModule(adminAPI{})
+	caddy.RegisterModule(SQLiteStore{})
+	httpcaddyfile.RegisterHandlerDirective("postscale", parseCaddyfile)
+	// Among the authentication directives: after rewrites, before every
+	// handle, route, respond and proxy, so none of them can be reached
+	// without a key.
+	httpcaddyfile.RegisterDirectiveOrder("postscale", httpcaddyfile.After, "forward_auth")
+	registerCommand()
+}

@@ -1,0 +1,116 @@
+package postscale
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"time"
+)
+
+// Errors a Store returns, wrapped or as they are; callers test them with
+// errors.Is. Any other error means the store could not answer (it is down,
+// slow, or broken), which the gateway answers with 503, never 401.
+var (
+	// ErrNotFound means the store answered and holds no such record.
+	ErrNotFound = errors.New("not found")
+	// ErrExists means a record with that id (or key hash) already exists.
+	ErrExists = errors.New("already exists")
+)
+
+// Store keeps accounts and key records. Stores are guest modules in the
+// postscale.stores namespace.
+//
+// A Store is safe for concurrent use by many goroutines and, where its
+// backend allows, by several processes at once (a CLI beside a server,
+// several gateway replicas). It never holds a plaintext key: keys are found
+// by the SHA-256 of the whole key.
+type Store interface {
+	// Identity names the data behind the store, e.g. "sqlite:/abs/path".
+	// Two stores with the same identity share one key cache, which is how
+	// the warm cache survives a config reload.
+	Identity() string
+
+	// LookupKey returns the key whose hash is h, with the account it
+	// belongs to, or ErrNotFound. It is the only call on the request path,
+	// and only for keys not in the cache.
+	LookupKey(ctx context.Context, h [sha256.Size]byte) (KeyRecord, Account, error)
+
+	// CreateAccount adds a new account, or returns ErrExists.
+	CreateAccount(ctx context.Context, a Account) error
+	// GetAccount returns the account with that id, or ErrNotFound.
+	GetAccount(ctx context.Context, id string) (Account, error)
+
+	// CreateKey adds a key record, or returns ErrExists if its id or hash
+	// is taken, or ErrNotFound if its account does not exist.
+	CreateKey(ctx context.Context, k KeyRecord) error
+	// GetKey returns the key record with that id, or ErrNotFound.
+	GetKey(ctx context.Context, id string) (KeyRecord, error)
+	// ListKeys returns the keys of an account, oldest first (an empty list
+	// for an account without keys), or ErrNotFound for no such account.
+	ListKeys(ctx context.Context, account string) ([]KeyRecord, error)
+	// RevokeKey marks the key revoked at the given time and returns the
+	// updated record, or ErrNotFound. Revoking a revoked key keeps the
+	// first revocation time.
+	RevokeKey(ctx context.Context, id string, at time.Time) (KeyRecord, error)
+
+	// Watch calls fn for every change to a key or an account made through
+	// any process sharing the store, from the moment Watch is called until
+	// ctx is done, when it returns ctx.Err(). fn is called from one
+	// goroutine at a time. Watch retries on its own while the store is
+	// unreachable; it returns another error only if it cannot watch at all.
+	Watch(ctx context.Context, fn func(Change)) error
+}
+
+// Change names what a write to the store touched, so that caches can drop
+// it: a key (by hash) or a whole account (its plan or limits).
+type Change struct {
+	KeyHash [sha256.Size]byte // zero when the change is to an account
+	Account string            // the account changed; empty for a key change
+}
+
+// Account is a customer account. Its plan names a rate-limit plan.
+type Account struct {
+	ID   string `json:"id"`
+	Plan string `json:"plan"`
+	// Rate and Burst are the custom limits of an enterprise account, in
+	// requests per second and requests; zero elsewhere.
+	Rate      float64   `json:"rate,omitempty"`
+	Burst     int       `json:"burst,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// KeyRecord is everything kept about a key except the key itself.
+type KeyRecord struct {
+	ID      string   `json:"id"`
+	Account string   `json:"account"`
+	Name    string   `json:"name"`
+	Mode    Mode     `json:"mode"`
+	Scopes  []string `json:"scopes,omitempty"`
+	// Redacted is the display form, e.g. ps_live_…wxyz.
+	Redacted string `json:"redacted"`
+	// Legacy marks a key imported from the old system, accepted only when
+	// the operator turns on legacy_keys.
+	Legacy     bool       `json:"legacy,omitempty"`
+	CreatedAt  time.Time  `json:"created_at"`
+	ExpiresAt  *time.Time `json:"expires_at,omitempty"`
+	RevokedAt  *time.Time `json:"revoked_at,omitempty"`
+	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
+
+	// Hash is SHA-256 of the whole key. It is never sent out.
+	Hash [sha256.Size]byte `json:"-"`
+}
+
+// MarshalText writes "live" or "test".
+func (m Mode) MarshalText() ([]byte, error) {
+	if m.String() == "" {
+		return nil, errors.New("invalid mode")
+	}
+	return []byte(m.String()), nil
+}
+
+// UnmarshalText reads "live" or "test".
+func (m *Mode) UnmarshalText(b []byte) error {
+	v, err := ParseMode(string(b))
+	*m = v
+	return err
+}

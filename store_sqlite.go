@@ -1,0 +1,449 @@
+package postscale
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// SQLiteStore is the embedded key store: one SQLite file, nothing to
+// install. It is safe for a CLI process and the server to use at the same
+// time (WAL journal, busy timeout); changes made by other processes reach
+// the server's cache through a change table that Watch polls.
+type SQLiteStore struct {
+	// Path of the database file. Default: postscale/keys.db in Caddy's
+	// data directory. The directory is created if needed.
+	Path string `json:"path,omitempty"`
+
+	// PollInterval is how often Watch looks for changes made by other
+	// processes, which bounds how long a revocation made elsewhere takes
+	// to reach this server's cache. Default: 250ms.
+	PollInterval caddy.Duration `json:"poll_interval,omitempty"`
+
+	db     *sqliteDB
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (SQLiteStore) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "postscale.stores.sqlite",
+		New: func() caddy.Module { return new(SQLiteStore) },
+	}
+}
+
+// sqliteDBs shares one open database per file across config reloads.
+var sqliteDBs = caddy.NewUsagePool()
+
+// Provision opens (or shares) the database and migrates its schema.
+func (s *SQLiteStore) Provision(ctx caddy.Context) error {
+	s.logger = ctx.Logger()
+	if s.Path == "" {
+		s.Path = DefaultSQLitePath()
+	}
+	abs, err := filepath.Abs(s.Path)
+	if err != nil {
+		return fmt.Errorf("store path %q: %w", s.Path, err)
+	}
+	s.Path = abs
+	if s.PollInterval <= 0 {
+		s.PollInterval = caddy.Duration(250 * time.Millisecond)
+	}
+	v, _, err := sqliteDBs.LoadOrNew(abs, func() (caddy.Destructor, error) {
+		return openSQLite(abs)
+	})
+	if err != nil {
+		return err
+	}
+	s.db = v.(*sqliteDB)
+	return nil
+}
+
+// Cleanup releases this config's hold on the database.
+func (s *SQLiteStore) Cleanup() error {
+	if s.db == nil {
+		return nil
+	}
+	_, err := sqliteDBs.Delete(s.Path)
+	return err
+}
+
+// DefaultSQLitePath is where the embedded store lives unless configured:
+// postscale/keys.db in Caddy's data directory.
+func DefaultSQLitePath() string {
+	return filepath.Join(caddy.AppDataDir(), "postscale", "keys.db")
+}
+
+// OpenSQLiteStore opens the store at path outside of a Caddy config, as the
+// CLI does when no server runs. Close it with Close.
+func OpenSQLiteStore(path string) (*SQLiteStore, error) {
+	db, err := openSQLite(path)
+	if err != nil {
+		return nil, err
+	}
+	return &SQLiteStore{Path: path, db: db, PollInterval: caddy.Duration(250 * time.Millisecond), logger: zap.NewNop()}, nil
+}
+
+// Close closes a store opened with OpenSQLiteStore.
+func (s *SQLiteStore) Close() error { return s.db.Destruct() }
+
+// Identity implements Store.
+func (s *SQLiteStore) Identity() string { return "sqlite:" + s.Path }
+
+// sqliteDB is the shared connection pool of one database file.
+type sqliteDB struct{ *sql.DB }
+
+func (d *sqliteDB) Destruct() error { return d.Close() }
+
+func openSQLite(path string) (*sqliteDB, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("creating store directory: %w", err)
+	}
+	// Immediate transactions take the write lock up front, so two
+	// processes never deadlock upgrading a read lock; the busy timeout
+	// makes a writer wait for the other instead of failing.
+	dsn := "file:" + path + "?_txlock=immediate" +
+		"&_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)" +
+		"&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("opening store %s: %w", path, err)
+	}
+	d := &sqliteDB{db}
+	if err := d.migrate(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store %s: %w", path, err)
+	}
+	// The file holds key hashes and account data: not for other users.
+	_ = os.Chmod(path, 0o600)
+	return d, nil
+}
+
+// sqliteMigrations are applied in order; PRAGMA user_version counts how
+// many a database has. Append, never edit.
+var sqliteMigrations = []string{
+	`CREATE TABLE accounts (
+		id         TEXT PRIMARY KEY,
+		plan       TEXT NOT NULL,
+		rate       REAL NOT NULL DEFAULT 0,
+		burst      INTEGER NOT NULL DEFAULT 0,
+		created_at INTEGER NOT NULL
+	);
+	CREATE TABLE keys (
+		id           TEXT PRIMARY KEY,
+		hash         BLOB NOT NULL UNIQUE,
+		account      TEXT NOT NULL REFERENCES accounts(id),
+		name         TEXT NOT NULL,
+		mode         TEXT NOT NULL,
+		scopes       TEXT NOT NULL DEFAULT '',
+		redacted     TEXT NOT NULL,
+		legacy       INTEGER NOT NULL DEFAULT 0,
+		created_at   INTEGER NOT NULL,
+		expires_at   INTEGER,
+		revoked_at   INTEGER,
+		last_used_at INTEGER,
+		use_count    INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE INDEX keys_account ON keys(account, created_at);
+	CREATE TABLE changes (
+		seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+		key_hash BLOB,
+		account  TEXT,
+		at       INTEGER NOT NULL
+	);`,
+}
+
+// migrate brings the schema up to date inside one write transaction, so two
+// processes starting at once do not both migrate.
+func (d *sqliteDB) migrate() error {
+	tx, err := d.Begin()
+	if err != nil {
+		return fmt.Errorf("migrating schema: %w", err)
+	}
+	defer tx.Rollback()
+	var version int
+	if err := tx.QueryRow(`PRAGMA user_version`).Scan(&version); err != nil {
+		return fmt.Errorf("reading schema version: %w", err)
+	}
+	if version > len(sqliteMigrations) {
+		return fmt.Errorf("schema version %d is newer than this build knows (%d)", version, len(sqliteMigrations))
+	}
+	for i := version; i < len(sqliteMigrations); i++ {
+		if _, err := tx.Exec(sqliteMigrations[i]); err != nil {
+			return fmt.Errorf("migration %d: %w", i+1, err)
+		}
+	}
+	if _, err := tx.Exec(fmt.Sprintf(`PRAGMA user_version = %d`, len(sqliteMigrations))); err != nil {
+		return fmt.Errorf("writing schema version: %w", err)
+	}
+	return tx.Commit()
+}
+
+// changeRetention is how long rows stay in the change table: far longer
+// than any watcher's poll interval.
+const changeRetention = time.Hour
+
+const keyColumns = `k.id, k.hash, k.account, k.name, k.mode, k.scopes, k.redacted, k.legacy,
+	k.created_at, k.expires_at, k.revoked_at, k.last_used_at`
+
+type rowScanner interface{ Scan(dest ...any) error }
+
+func scanKey(row rowScanner, extra ...any) (KeyRecord, error) {
+	var (
+		k                        KeyRecord
+		hash                     []byte
+		mode, scopes             string
+		created                  int64
+		expires, revoked, usedAt sql.NullInt64
+	)
+	dest := append([]any{&k.ID, &hash, &k.Account, &k.Name, &mode, &scopes, &k.Redacted, &k.Legacy,
+		&created, &expires, &revoked, &usedAt}, extra...)
+	if err := row.Scan(dest...); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return k, ErrNotFound
+		}
+		return k, err
+	}
+	copy(k.Hash[:], hash)
+	k.Mode, _ = ParseMode(mode)
+	if scopes != "" {
+		k.Scopes = strings.Split(scopes, " ")
+	}
+	k.CreatedAt = time.Unix(0, created).UTC()
+	k.ExpiresAt, k.RevokedAt, k.LastUsedAt = nullTime(expires), nullTime(revoked), nullTime(usedAt)
+	return k, nil
+}
+
+func nullTime(n sql.NullInt64) *time.Time {
+	if !n.Valid {
+		return nil
+	}
+	t := time.Unix(0, n.Int64).UTC()
+	return &t
+}
+
+func timeArg(t *time.Time) any {
+	if t == nil {
+		return nil
+	}
+	return t.UnixNano()
+}
+
+// LookupKey implements Store.
+func (s *SQLiteStore) LookupKey(ctx context.Context, h [sha256.Size]byte) (KeyRecord, Account, error) {
+	var a Account
+	var acreated int64
+	row := s.db.QueryRowContext(ctx, `SELECT `+keyColumns+`, a.id, a.plan, a.rate, a.burst, a.created_at
+		FROM keys k JOIN accounts a ON a.id = k.account WHERE k.hash = ?`, h[:])
+	k, err := scanKey(row, &a.ID, &a.Plan, &a.Rate, &a.Burst, &acreated)
+	a.CreatedAt = time.Unix(0, acreated).UTC()
+	return k, a, err
+}
+
+// CreateAccount implements Store.
+func (s *SQLiteStore) CreateAccount(ctx context.Context, a Account) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO accounts (id, plan, rate, burst, created_at) VALUES (?, ?, ?, ?, ?)`,
+		a.ID, a.Plan, a.Rate, a.Burst, a.CreatedAt.UnixNano())
+	return sqliteErr(err)
+}
+
+// GetAccount implements Store.
+func (s *SQLiteStore) GetAccount(ctx context.Context, id string) (Account, error) {
+	var a Account
+	var created int64
+	err := s.db.QueryRowContext(ctx, `SELECT id, plan, rate, burst, created_at FROM accounts WHERE id = ?`, id).
+		Scan(&a.ID, &a.Plan, &a.Rate, &a.Burst, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return a, ErrNotFound
+	}
+	a.CreatedAt = time.Unix(0, created).UTC()
+	return a, err
+}
+
+// CreateKey implements Store. The new key's hash goes into the change
+// table too, so that a watcher drops a cached "unknown key" answer for it.
+func (s *SQLiteStore) CreateKey(ctx context.Context, k KeyRecord) error {
+	return s.write(ctx, Change{KeyHash: k.Hash}, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO keys (id, hash, account, name, mode, scopes, redacted, legacy, created_at, expires_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			k.ID, k.Hash[:], k.Account, k.Name, k.Mode.String(), strings.Join(k.Scopes, " "), k.Redacted, k.Legacy,
+			k.CreatedAt.UnixNano(), timeArg(k.ExpiresAt))
+		return sqliteErr(err)
+	})
+}
+
+// GetKey implements Store.
+func (s *SQLiteStore) GetKey(ctx context.Context, id string) (KeyRecord, error) {
+	return scanKey(s.db.QueryRowContext(ctx, `SELECT `+keyColumns+` FROM keys k WHERE k.id = ?`, id))
+}
+
+// ListKeys implements Store.
+func (s *SQLiteStore) ListKeys(ctx context.Context, account string) ([]KeyRecord, error) {
+	if _, err := s.GetAccount(ctx, account); err != nil {
+		return nil, err
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT `+keyColumns+` FROM keys k WHERE k.account = ? ORDER BY k.created_at, k.id`, account)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	keys := []KeyRecord{}
+	for rows.Next() {
+		k, err := scanKey(rows)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, k)
+	}
+	return keys, rows.Err()
+}
+
+// RevokeKey implements Store.
+func (s *SQLiteStore) RevokeKey(ctx context.Context, id string, at time.Time) (KeyRecord, error) {
+	k, err := s.GetKey(ctx, id)
+	if err != nil {
+		return k, err
+	}
+	err = s.write(ctx, Change{KeyHash: k.Hash}, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `UPDATE keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?`, at.UnixNano(), id)
+		return err
+	})
+	if err != nil {
+		return k, err
+	}
+	return s.GetKey(ctx, id)
+}
+
+// write runs fn and records the change in one transaction, and prunes
+// change rows no watcher needs any more.
+func (s *SQLiteStore) write(ctx context.Context, c Change, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if err := fn(tx); err != nil {
+		return err
+	}
+	now := time.Now()
+	var hash any
+	if c.KeyHash != ([sha256.Size]byte{}) {
+		hash = c.KeyHash[:]
+	}
+	var account any
+	if c.Account != "" {
+		account = c.Account
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO changes (key_hash, account, at) VALUES (?, ?, ?)`,
+		hash, account, now.UnixNano()); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM changes WHERE at < ?`, now.Add(-changeRetention).UnixNano()); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// Watch implements Store by polling the change table every PollInterval.
+func (s *SQLiteStore) Watch(ctx context.Context, fn func(Change)) error {
+	var cursor int64
+	for {
+		err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) FROM changes`).Scan(&cursor)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		s.logger.Warn("reading store change cursor; will retry", zap.Error(err))
+		if !sleepCtx(ctx, time.Duration(s.PollInterval)) {
+			return ctx.Err()
+		}
+	}
+	failing := false
+	for sleepCtx(ctx, time.Duration(s.PollInterval)) {
+		next, err := s.pollChanges(ctx, cursor, fn)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			if !failing {
+				s.logger.Warn("polling store changes failed; cached keys stay valid until their TTL", zap.Error(err))
+			}
+			failing = true
+			continue
+		}
+		if failing {
+			s.logger.Info("polling store changes works again")
+		}
+		failing = false
+		cursor = next
+	}
+	return ctx.Err()
+}
+
+func (s *SQLiteStore) pollChanges(ctx context.Context, cursor int64, fn func(Change)) (int64, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT seq, key_hash, account FROM changes WHERE seq > ? ORDER BY seq`, cursor)
+	if err != nil {
+		return cursor, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			hash    []byte
+			account sql.NullString
+			c       Change
+		)
+		if err := rows.Scan(&cursor, &hash, &account); err != nil {
+			return cursor, err
+		}
+		copy(c.KeyHash[:], hash)
+		c.Account = account.String
+		fn(c)
+	}
+	return cursor, rows.Err()
+}
+
+// sleepCtx waits d and reports whether ctx is still live.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// sqliteErr maps constraint violations onto the Store errors.
+func sqliteErr(err error) error {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		switch se.Code() {
+		case sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAINT_UNIQUE:
+			return fmt.Errorf("%w: %v", ErrExists, err)
+		case sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
+			return fmt.Errorf("account: %w", ErrNotFound)
+		}
+	}
+	return err
+}
+
+// Interface guards.
+var (
+	_ Store              = (*SQLiteStore)(nil)
+	_ caddy.Provisioner  = (*SQLiteStore)(nil)
+	_ caddy.CleanerUpper = (*SQLiteStore)(nil)
+)
