@@ -99,7 +99,7 @@ func (s *SQLiteStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	for d.NextBlock(1) {
+	for d.NextBlock(0) {
 		switch d.Val() {
 		case "poll_interval":
 			if !d.NextArg() {

@@ -57,14 +57,15 @@ func credentialsInQuery(rawQuery string) bool {
 	return false
 }
 
-// dropClientHeaders removes every Postscale-* (or Postscale_*) header the
-// client sent, so a client can never choose its own mode, account, key or
-// plan. The underscore spelling goes too, because CGI-style backends read
-// Postscale_Mode and Postscale-Mode as the same variable.
+// dropClientHeaders removes every Postscale-* header the client sent, so a
+// client can never choose its own mode, account, key or plan. The
+// Postscale_* and Postscale.* spellings go too, because CGI-style backends
+// read them as the same variable as Postscale-*. (Caddy already drops
+// header names with '_' or '.' unless told to keep them.)
 func dropClientHeaders(h http.Header) {
 	for name := range h {
 		if len(name) > len("Postscale-") && strings.EqualFold(name[:len("Postscale")], "Postscale") {
-			if c := name[len("Postscale")]; c == '-' || c == '_' {
+			if c := name[len("Postscale")]; c == '-' || c == '_' || c == '.' {
 				delete(h, name)
 			}
 		}

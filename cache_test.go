@@ -1,0 +1,339 @@
+package postscale
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// fakeStore is a Store test double for the cache and handler tests: it
+// counts lookups, can fail them, and can hold a lookup mid-flight. Its
+// management methods are not used by these tests.
+type fakeStore struct {
+	Store // nil: calling anything not defined below panics
+
+	mu      sync.Mutex
+	keys    map[[sha256.Size]byte]KeyRecord
+	account Account
+	fail    error
+
+	lookups atomic.Int64
+	// When hold is set, a lookup signals entered and then waits for hold
+	// to be closed before it reads the record.
+	hold    chan struct{}
+	entered chan struct{}
+}
+
+func newFakeStore() *fakeStore {
+	return &fakeStore{keys: map[[sha256.Size]byte]KeyRecord{}, account: Account{ID: "acme", Plan: "growth"}}
+}
+
+func (s *fakeStore) Identity() string { return "fake" }
+
+func (s *fakeStore) LookupKey(ctx context.Context, h [sha256.Size]byte) (KeyRecord, Account, error) {
+	s.lookups.Add(1)
+	s.mu.Lock()
+	hold, entered := s.hold, s.entered
+	s.mu.Unlock()
+	if hold != nil {
+		entered <- struct{}{}
+		<-hold
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return KeyRecord{}, Account{}, s.fail
+	}
+	k, ok := s.keys[h]
+	if !ok {
+		return KeyRecord{}, Account{}, ErrNotFound
+	}
+	return k, s.account, nil
+}
+
+func (s *fakeStore) Watch(ctx context.Context, fn func(Change)) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// add stores a new live key and returns it.
+func (s *fakeStore) add(t testing.TB) (string, KeyRecord) {
+	t.Helper()
+	key, err := NewKey(ModeLive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := newID("key_")
+	rec := KeyRecord{ID: id, Account: s.account.ID, Name: "test key", Mode: ModeLive, Hash: HashKey(key), Redacted: Redact(key)}
+	s.mu.Lock()
+	s.keys[rec.Hash] = rec
+	s.mu.Unlock()
+	return key, rec
+}
+
+func (s *fakeStore) revoke(h [sha256.Size]byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := s.keys[h]
+	now := time.Now()
+	k.RevokedAt = &now
+	s.keys[h] = k
+}
+
+func (s *fakeStore) setHold(hold, entered chan struct{}) {
+	s.mu.Lock()
+	s.hold, s.entered = hold, entered
+	s.mu.Unlock()
+}
+
+func newTestKeyring(t testing.TB, s Store) *keyring {
+	t.Helper()
+	k, err := newKeyring(s, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k.Destruct() })
+	return k
+}
+
+// settle waits until ristretto has applied pending sets, so that the next
+// Get sees them.
+func settle(k *keyring) { k.cache.Wait() }
+
+func TestKeyringCachesFoundKeys(t *testing.T) {
+	s := newFakeStore()
+	k := newTestKeyring(t, s)
+	key, rec := s.add(t)
+	h := HashKey(key)
+
+	e, hit, err := k.get(context.Background(), &h, time.Minute, time.Minute)
+	if err != nil || hit || !e.found || e.keyID != rec.ID {
+		t.Fatalf("first get: entry %+v, hit %v, err %v; want found %s from the store", e, hit, err, rec.ID)
+	}
+	settle(k)
+	for range 100 {
+		if _, hit, _ := k.get(context.Background(), &h, time.Minute, time.Minute); !hit {
+			t.Fatal("a cached key missed the cache")
+		}
+	}
+	if got := s.lookups.Load(); got != 1 {
+		t.Errorf("store lookups: got %d, want 1", got)
+	}
+}
+
+func TestKeyringNegativeEntries(t *testing.T) {
+	s := newFakeStore()
+	k := newTestKeyring(t, s)
+	unknown, _ := NewKey(ModeLive)
+	h := HashKey(unknown)
+	for range 50 {
+		e, _, err := k.get(context.Background(), &h, time.Minute, time.Minute)
+		if err != nil || e.found {
+			t.Fatalf("unknown key: entry found=%v err=%v; want not found", e.found, err)
+		}
+		settle(k)
+	}
+	if got := s.lookups.Load(); got != 1 {
+		t.Errorf("store lookups for a repeated unknown key: got %d, want 1", got)
+	}
+}
+
+func TestKeyringTTL(t *testing.T) {
+	s := newFakeStore()
+	k := newTestKeyring(t, s)
+	key, _ := s.add(t)
+	h := HashKey(key)
+	unknown, _ := NewKey(ModeTest)
+	hu := HashKey(unknown)
+
+	// A found key lives for ttl, an unknown one for negTTL.
+	const ttl, negTTL = 300 * time.Millisecond, 300 * time.Millisecond
+	k.get(context.Background(), &h, ttl, negTTL)
+	k.get(context.Background(), &hu, ttl, negTTL)
+	settle(k)
+	if _, hit, _ := k.get(context.Background(), &h, ttl, negTTL); !hit {
+		t.Fatal("found key not cached")
+	}
+	if _, hit, _ := k.get(context.Background(), &hu, ttl, negTTL); !hit {
+		t.Fatal("unknown key not cached")
+	}
+	time.Sleep(ttl + 100*time.Millisecond)
+	if _, hit, _ := k.get(context.Background(), &h, ttl, negTTL); hit {
+		t.Error("found key still cached after its TTL")
+	}
+	if _, hit, _ := k.get(context.Background(), &hu, ttl, negTTL); hit {
+		t.Error("unknown key still cached after the negative TTL")
+	}
+}
+
+func TestKeyringStoreErrorsAreNotCached(t *testing.T) {
+	s := newFakeStore()
+	k := newTestKeyring(t, s)
+	key, _ := s.add(t)
+	h := HashKey(key)
+	s.fail = errors.New("connection refused")
+	for range 3 {
+		if _, _, err := k.get(context.Background(), &h, time.Minute, time.Minute); err == nil {
+			t.Fatal("get succeeded while the store fails")
+		}
+		settle(k)
+	}
+	s.mu.Lock()
+	s.fail = nil
+	s.mu.Unlock()
+	e, _, err := k.get(context.Background(), &h, time.Minute, time.Minute)
+	if err != nil || !e.found {
+		t.Fatalf("after the store recovered: found=%v err=%v", e != nil && e.found, err)
+	}
+	if got := s.lookups.Load(); got != 4 {
+		t.Errorf("lookups: got %d, want 4 (failures must not be cached)", got)
+	}
+}
+
+func TestKeyringSingleflight(t *testing.T) {
+	s := newFakeStore()
+	k := newTestKeyring(t, s)
+	key, _ := s.add(t)
+	h := HashKey(key)
+	hold, entered := make(chan struct{}), make(chan struct{}, 1)
+	s.setHold(hold, entered)
+
+	const n = 50
+	var wg sync.WaitGroup
+	results := make(chan *entry, n)
+	for range n {
+		wg.Go(func() {
+			e, _, err := k.get(context.Background(), &h, time.Minute, time.Minute)
+			if err != nil {
+				t.Error(err)
+			}
+			results <- e
+		})
+	}
+	<-entered
+	// Let the other goroutines reach the singleflight group; they may
+	// not all be there yet, which would only add lookups, never hide one.
+	time.Sleep(50 * time.Millisecond)
+	close(hold)
+	wg.Wait()
+	close(results)
+	for e := range results {
+		if e == nil || !e.found {
+			t.Fatal("a concurrent get did not find the key")
+		}
+	}
+	if got := s.lookups.Load(); got != 1 {
+		t.Errorf("store lookups for %d concurrent misses: got %d, want 1", n, got)
+	}
+}
+
+// TestKeyringRevocationRace holds a store lookup mid-flight with the old,
+// unrevoked record, revokes and invalidates the key meanwhile, and checks
+// both ways the stale lookup could bring the key back.
+func TestKeyringRevocationRace(t *testing.T) {
+	// begin starts a lookup that has read the unrevoked record and is held
+	// before returning it, then revokes and invalidates the key as the
+	// admin API does.
+	begin := func(t *testing.T) (k *keyring, s *fakeStore, h [sha256.Size]byte, release func() *entry) {
+		s = newFakeStore()
+		stale := &staleStore{fakeStore: s}
+		k = newTestKeyring(t, stale)
+		key, _ := s.add(t)
+		h = HashKey(key)
+		hold, entered := make(chan struct{}), make(chan struct{}, 1)
+		s.setHold(hold, entered)
+		inflight := make(chan *entry, 1)
+		go func() {
+			e, _, _ := k.get(context.Background(), &h, time.Minute, time.Minute)
+			inflight <- e
+		}()
+		<-entered
+		s.revoke(h)
+		k.invalidate(h)
+		s.setHold(nil, nil)
+		stale.passThrough.Store(true)
+		release = sync.OnceValue(func() *entry {
+			close(hold)
+			return <-inflight
+		})
+		t.Cleanup(func() { release() })
+		return k, s, h, release
+	}
+
+	t.Run("stale lookup does not re-cache the key", func(t *testing.T) {
+		k, _, h, release := begin(t)
+		if e := release(); e.revoked {
+			t.Fatal("the held lookup was supposed to carry the unrevoked record")
+		}
+		settle(k)
+		e, _, err := k.get(context.Background(), &h, time.Minute, time.Minute)
+		if err != nil || !e.revoked {
+			t.Fatalf("after the stale lookup finished: revoked=%v err=%v; want the revoked record", e != nil && e.revoked, err)
+		}
+	})
+
+	t.Run("request after the revocation does not join the stale lookup", func(t *testing.T) {
+		k, _, h, release := begin(t)
+		got := make(chan *entry, 1)
+		go func() {
+			e, _, _ := k.get(context.Background(), &h, time.Minute, time.Minute)
+			got <- e
+		}()
+		select {
+		case e := <-got:
+			if !e.revoked {
+				t.Fatal("a request after the revocation was served the unrevoked record")
+			}
+		case <-time.After(2 * time.Second):
+			release()
+			e := <-got
+			t.Fatalf("a request after the revocation waited for the stale lookup (revoked=%v)", e.revoked)
+		}
+	})
+}
+
+// staleStore answers every lookup with the record as it was when the
+// lookup began (before its hold), like a database read that was already
+// in flight when the revocation committed; passThrough turns it off.
+type staleStore struct {
+	*fakeStore
+	passThrough atomic.Bool
+}
+
+func (s *staleStore) LookupKey(ctx context.Context, h [sha256.Size]byte) (KeyRecord, Account, error) {
+	if s.passThrough.Load() {
+		return s.fakeStore.LookupKey(ctx, h)
+	}
+	s.mu.Lock()
+	rec, ok := s.keys[h]
+	acct := s.account
+	s.mu.Unlock()
+	_, _, err := s.fakeStore.LookupKey(ctx, h) // counts, and holds
+	if !ok {
+		return KeyRecord{}, Account{}, ErrNotFound
+	}
+	return rec, acct, err
+}
+
+func TestKeyringInvalidateAccount(t *testing.T) {
+	s := newFakeStore()
+	k := newTestKeyring(t, s)
+	key1, _ := s.add(t)
+	key2, _ := s.add(t)
+	h1, h2 := HashKey(key1), HashKey(key2)
+	k.get(context.Background(), &h1, time.Minute, time.Minute)
+	k.get(context.Background(), &h2, time.Minute, time.Minute)
+	settle(k)
+	k.apply(Change{Account: "acme"})
+	for _, h := range []*[sha256.Size]byte{&h1, &h2} {
+		if _, hit, _ := k.get(context.Background(), h, time.Minute, time.Minute); hit {
+			t.Error("a key of the changed account is still cached")
+		}
+	}
+}

@@ -1,0 +1,9 @@
+// Package test is the integration test suite of the Postscale gateway: it
+// runs a real Caddy in-process (caddytest) with the plugin, a recording
+// backend behind it, and drives it the way clients and operators do —
+// HTTP requests, the admin API under /postscale/, and the `caddy
+// postscale` command — asserting the contract of SPEC §4, §5, §6 and §9.
+//
+// caddytest runs one Caddy per test binary on fixed ports (admin
+// localhost:2999, HTTP 9080), so no test here may call t.Parallel.
+package test

@@ -1,0 +1,406 @@
+package test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
+
+	_ "github.com/postscale/caddy-postscale"
+)
+
+const (
+	adminAddr  = "localhost:2999"
+	adminURL   = "http://" + adminAddr
+	gatewayURL = "http://localhost:9080"
+)
+
+// globalOptions starts every Caddyfile the tests load: the admin endpoint
+// caddytest expects, ports nothing else on a CI machine uses, and extra
+// global options.
+func globalOptions(extra string) string {
+	return `{
+	admin localhost:2999
+	http_port 9080
+	https_port 9443
+	auto_https off
+	grace_period 1s
+` + extra + `
+}
+`
+}
+
+// loadCaddyfile makes the in-process Caddy run the global options followed
+// by sites, and unloads it when the test ends (before t.TempDir is removed,
+// so the store file is closed first).
+func loadCaddyfile(t *testing.T, sites string) {
+	t.Helper()
+	loadConfig(t, globalOptions("")+sites, "caddyfile")
+}
+
+// loadConfig loads a config of the given type ("caddyfile" or "json").
+func loadConfig(t *testing.T, config, configType string) {
+	t.Helper()
+	tester := caddytest.NewTester(t)
+	// Registered before InitServer, so it runs after caddytest's own
+	// cleanup (which prints the running config when a test failed).
+	t.Cleanup(func() { unloadConfig(t) })
+	tester.InitServer(config, configType)
+	if t.Failed() {
+		t.FailNow()
+	}
+}
+
+func unloadConfig(t *testing.T) {
+	resp, err := httpClient.Post(adminURL+"/load", "application/json",
+		strings.NewReader(`{"admin":{"listen":"`+adminAddr+`"}}`))
+	if err != nil {
+		t.Errorf("unloading the config: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Errorf("unloading the config: HTTP %d: %s", resp.StatusCode, b)
+	}
+}
+
+// storePath returns a fresh SQLite store path for this test only.
+func storePath(t *testing.T) string {
+	return filepath.Join(t.TempDir(), "keys.db")
+}
+
+// gatewaySite is the plain gateway: postscale with the given store and
+// extra subdirectives, then reverse_proxy to upstream.
+func gatewaySite(store, upstream, extra string) string {
+	return fmt.Sprintf(`:9080 {
+	postscale {
+		store sqlite %s
+		%s
+	}
+	reverse_proxy %s
+}
+`, store, extra, upstream)
+}
+
+// startGateway runs gatewaySite in front of a new recorder, on a new store.
+func startGateway(t *testing.T, extra string) (*recorder, string) {
+	t.Helper()
+	rec := newRecorder(t, "mail")
+	store := storePath(t)
+	loadCaddyfile(t, gatewaySite(store, rec.addr(), extra))
+	return rec, store
+}
+
+// ---- the recording backend ----
+
+// recorded is one request as the backend received it.
+type recorded struct {
+	Method string
+	URI    string
+	Header http.Header
+	Body   string
+}
+
+// recorder is a backend that records every request it receives and
+// answers 200 with its name.
+type recorder struct {
+	name string
+	srv  *httptest.Server
+	mu   sync.Mutex
+	reqs []recorded
+}
+
+func newRecorder(t *testing.T, name string) *recorder {
+	r := &recorder{name: name}
+	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		body, _ := io.ReadAll(req.Body)
+		r.mu.Lock()
+		r.reqs = append(r.reqs, recorded{Method: req.Method, URI: req.RequestURI, Header: req.Header.Clone(), Body: string(body)})
+		r.mu.Unlock()
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = io.WriteString(w, r.name)
+	}))
+	t.Cleanup(r.srv.Close)
+	return r
+}
+
+// addr is the recorder's host:port, for reverse_proxy.
+func (r *recorder) addr() string { return r.srv.Listener.Addr().String() }
+
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.reqs)
+}
+
+// last returns the most recent request, failing the test if there is none.
+func (r *recorder) last(t *testing.T) recorded {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.reqs) == 0 {
+		t.Fatalf("backend %s received no request", r.name)
+	}
+	return r.reqs[len(r.reqs)-1]
+}
+
+// ---- requests to the gateway ----
+
+var httpClient = &http.Client{Timeout: 10 * time.Second}
+
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// request sends method to the gateway's path with the given headers, each
+// "Name: value" (added, so a name may repeat), and an optional body.
+func request(t *testing.T, method, path, body string, headers ...string) response {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, gatewayURL+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range headers {
+		name, value, ok := strings.Cut(h, ":")
+		if !ok {
+			t.Fatalf("bad test header %q", h)
+		}
+		req.Header.Add(name, strings.TrimLeft(value, " "))
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: reading body: %v", method, path, err)
+	}
+	return response{status: resp.StatusCode, header: resp.Header, body: b}
+}
+
+func get(t *testing.T, path string, headers ...string) response {
+	t.Helper()
+	return request(t, http.MethodGet, path, "", headers...)
+}
+
+// bearer is the Authorization header for a key.
+func bearer(key string) string { return "Authorization: Bearer " + key }
+
+// ---- the contract's error table (SPEC §5) ----
+
+const (
+	challenge        = `Bearer realm="postscale"`
+	challengeInvalid = `Bearer realm="postscale", error="invalid_token"`
+	challengeRequest = `Bearer realm="postscale", error="invalid_request"`
+)
+
+// rejection is one row of SPEC §5. An empty wwwAuth means the response
+// must not carry WWW-Authenticate; retryAfter means it must carry
+// Retry-After.
+type rejection struct {
+	status     int
+	wwwAuth    string
+	errType    string
+	code       string
+	retryAfter bool
+}
+
+var (
+	missingKey       = rejection{401, challenge, "authentication_error", "missing_api_key", false}
+	invalidKey       = rejection{401, challengeInvalid, "authentication_error", "invalid_api_key", false}
+	revokedKey       = rejection{401, challengeInvalid, "authentication_error", "revoked_api_key", false}
+	expiredKey       = rejection{401, challengeInvalid, "authentication_error", "expired_api_key", false}
+	invalidRequest   = rejection{400, challengeRequest, "invalid_request_error", "invalid_request", false}
+	credentialsInURL = rejection{400, challengeRequest, "invalid_request_error", "credentials_in_url", false}
+	storeUnavailable = rejection{503, "", "api_error", "store_unavailable", true}
+)
+
+// assertRejected checks that r is the error response of row want: status,
+// WWW-Authenticate, Content-Type, Retry-After and the JSON error body.
+func assertRejected(t *testing.T, r response, want rejection) {
+	t.Helper()
+	if r.status != want.status {
+		t.Errorf("status: got %d, want %d (body %s)", r.status, want.status, r.body)
+	}
+	gotAuth := r.header.Values("WWW-Authenticate")
+	switch {
+	case want.wwwAuth == "" && len(gotAuth) != 0:
+		t.Errorf("WWW-Authenticate: got %q, want none", gotAuth)
+	case want.wwwAuth != "" && (len(gotAuth) != 1 || gotAuth[0] != want.wwwAuth):
+		t.Errorf("WWW-Authenticate: got %q, want [%q]", gotAuth, want.wwwAuth)
+	}
+	if got := r.header.Get("Content-Type"); got != "application/json" {
+		t.Errorf("Content-Type: got %q, want %q", got, "application/json")
+	}
+	if want.retryAfter {
+		ra := r.header.Get("Retry-After")
+		if n, err := strconv.Atoi(ra); err != nil || n < 1 {
+			t.Errorf("Retry-After: got %q, want whole seconds >= 1", ra)
+		}
+	}
+	var doc struct {
+		Error struct {
+			Type    string `json:"type"`
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(r.body, &doc); err != nil {
+		t.Fatalf("body is not the JSON error document: %v: %s", err, r.body)
+	}
+	if doc.Error.Type != want.errType || doc.Error.Code != want.code {
+		t.Errorf("error type/code: got %s/%s, want %s/%s", doc.Error.Type, doc.Error.Code, want.errType, want.code)
+	}
+	if doc.Error.Message == "" {
+		t.Errorf("error message is empty; want one a developer can act on")
+	}
+}
+
+// expectRejected sends a GET that must be rejected as want, and checks that
+// nothing reached the backend.
+func expectRejected(t *testing.T, backend *recorder, want rejection, path string, headers ...string) response {
+	t.Helper()
+	before := backend.count()
+	r := get(t, path, headers...)
+	assertRejected(t, r, want)
+	if n := backend.count() - before; n != 0 {
+		t.Errorf("backend received %d request(s) for a rejected request; want none", n)
+	}
+	return r
+}
+
+// expectAdmitted sends a GET with key that must reach backend, and returns
+// what the backend received.
+func expectAdmitted(t *testing.T, backend *recorder, key, path string, headers ...string) recorded {
+	t.Helper()
+	return expectPassed(t, backend, path, append([]string{bearer(key)}, headers...)...)
+}
+
+// expectPassed sends a GET with exactly the given headers that must reach
+// backend (and only once), and returns what the backend received.
+func expectPassed(t *testing.T, backend *recorder, path string, headers ...string) recorded {
+	t.Helper()
+	before := backend.count()
+	r := get(t, path, headers...)
+	if r.status != http.StatusOK || string(r.body) != backend.name {
+		t.Fatalf("got %d %q, want 200 %q from backend %s", r.status, r.body, backend.name, backend.name)
+	}
+	if n := backend.count() - before; n != 1 {
+		t.Fatalf("backend %s received %d requests, want 1", backend.name, n)
+	}
+	return backend.last(t)
+}
+
+// ---- management through the admin API ----
+
+// adminCall sends a JSON request to the admin endpoint, fails the test
+// unless the answer has status want, and decodes the answer into out.
+func adminCall(t *testing.T, method, path string, in any, want int, out any) {
+	t.Helper()
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, adminURL+path, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != want {
+		t.Fatalf("%s %s: got HTTP %d %s, want %d", method, path, resp.StatusCode, b, want)
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: decoding %s: %v", method, path, b, err)
+		}
+	}
+}
+
+func createAccount(t *testing.T, id, plan string) {
+	t.Helper()
+	adminCall(t, http.MethodPost, "/postscale/accounts", map[string]any{"id": id, "plan": plan}, http.StatusCreated, nil)
+}
+
+// createdKey is the answer to a key creation.
+type createdKey struct {
+	ID        string     `json:"id"`
+	Key       string     `json:"key"`
+	Account   string     `json:"account"`
+	Name      string     `json:"name"`
+	Mode      string     `json:"mode"`
+	ExpiresAt *time.Time `json:"expires_at"`
+}
+
+func createKey(t *testing.T, account, name, mode string) createdKey {
+	t.Helper()
+	return postKey(t, map[string]any{"account": account, "name": name, "mode": mode})
+}
+
+func postKey(t *testing.T, req map[string]any) createdKey {
+	t.Helper()
+	var k createdKey
+	adminCall(t, http.MethodPost, "/postscale/keys", req, http.StatusCreated, &k)
+	if k.ID == "" || k.Key == "" {
+		t.Fatalf("POST /postscale/keys answered no id or key: %+v", k)
+	}
+	return k
+}
+
+func revokeKey(t *testing.T, id string) {
+	t.Helper()
+	adminCall(t, http.MethodDelete, "/postscale/keys/"+id, nil, http.StatusOK, nil)
+}
+
+// ---- the `caddy postscale` command, in-process ----
+
+// runCLI runs `caddy postscale args…` and returns what it printed.
+func runCLI(args ...string) (stdout, stderr string, err error) {
+	c := &cobra.Command{Use: "postscale"}
+	caddycmd.Commands()["postscale"].CobraFunc(c)
+	var out, errOut bytes.Buffer
+	c.SetArgs(args)
+	c.SetOut(&out)
+	c.SetErr(&errOut)
+	err = c.Execute()
+	return out.String(), errOut.String(), err
+}
+
+// cli runs the command and fails the test if it fails; it returns stdout.
+func cli(t *testing.T, args ...string) string {
+	t.Helper()
+	stdout, stderr, err := runCLI(args...)
+	if err != nil {
+		t.Fatalf("caddy postscale %s: %v\nstderr: %s", strings.Join(args, " "), err, stderr)
+	}
+	return stdout
+}
