@@ -128,8 +128,19 @@ func hashEqual(a, b *[sha256.Size]byte) bool {
 func checksumOK(key []byte) bool {
 	n := len(key) - checksumLen
 	var want [checksumLen]byte
-	encodeChecksum(&want, crc32.ChecksumIEEE(key[:n]))
+	encodeChecksum(&want, crcIEEE(key[:n]))
 	return subtle.ConstantTimeCompare(want[:], key[n:]) == 1
+}
+
+// crcIEEE is crc32.ChecksumIEEE written out over the package's table:
+// the library's assembly makes its argument escape to the heap, and these
+// 40 bytes are hashed on every request.
+func crcIEEE(p []byte) uint32 {
+	crc := ^uint32(0)
+	for _, b := range p {
+		crc = crc32.IEEETable[byte(crc)^b] ^ crc>>8
+	}
+	return ^crc
 }
 
 // encodeChecksum writes c in base62, most significant digit first, padded

@@ -1,0 +1,242 @@
+package postscale
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// newTestHandler returns a handler wired to s without a Caddy config, as
+// Provision would wire it.
+func newTestHandler(t testing.TB, s Store) *Handler {
+	t.Helper()
+	return &Handler{
+		CacheTTL:    caddy.Duration(time.Minute),
+		NegativeTTL: caddy.Duration(time.Minute),
+		store:       s,
+		keys:        newTestKeyring(t, s),
+		logger:      zap.NewNop(),
+	}
+}
+
+// newRequest returns a request as Caddy's server hands it to handlers: with
+// a replacer in its context.
+func newRequest(key string) (*http.Request, *caddy.Replacer) {
+	r := httptest.NewRequest(http.MethodPost, "/v1/emails", nil)
+	if key != "" {
+		r.Header.Set("Authorization", "Bearer "+key)
+	}
+	repl := caddy.NewReplacer()
+	ctx := context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl)
+	return r.WithContext(ctx), repl
+}
+
+type recordingNext struct {
+	calls  int
+	header http.Header
+}
+
+func (n *recordingNext) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
+	n.calls++
+	n.header = r.Header.Clone()
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+func TestHandlerStoreUnavailable(t *testing.T) {
+	s := newFakeStore()
+	h := newTestHandler(t, s)
+	cached, _ := s.add(t)
+	uncached, _ := s.add(t)
+
+	// Warm the cache with one key, then take the store down.
+	next := &recordingNext{}
+	r, _ := newRequest(cached)
+	if err := h.ServeHTTP(httptest.NewRecorder(), r, next); err != nil || next.calls != 1 {
+		t.Fatalf("warming up: err %v, next called %d times", err, next.calls)
+	}
+	h.keys.cache.Wait()
+	s.mu.Lock()
+	s.fail = errors.New("dial tcp: connection refused")
+	s.mu.Unlock()
+
+	tests := []struct {
+		name       string
+		key        string
+		wantStatus int
+		wantCode   string
+	}{
+		{"cached key keeps working", cached, http.StatusAccepted, ""},
+		{"uncached key gets 503, not 401", uncached, http.StatusServiceUnavailable, "store_unavailable"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			next := &recordingNext{}
+			w := httptest.NewRecorder()
+			r, _ := newRequest(tt.key)
+			if err := h.ServeHTTP(w, r, next); err != nil {
+				t.Fatalf("ServeHTTP returned %v; it must write the response itself", err)
+			}
+			if w.Code != tt.wantStatus {
+				t.Fatalf("status: got %d, want %d", w.Code, tt.wantStatus)
+			}
+			if tt.wantCode == "" {
+				return
+			}
+			if next.calls != 0 {
+				t.Error("an unverified request reached the next handler")
+			}
+			if got := w.Header().Get("Retry-After"); got != "1" {
+				t.Errorf("Retry-After: got %q, want 1", got)
+			}
+			if got := w.Header().Get("Www-Authenticate"); got != "" {
+				t.Errorf("WWW-Authenticate on a 503: got %q, want none", got)
+			}
+			var body struct{ Error struct{ Type, Code string } }
+			if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || body.Error.Code != tt.wantCode || body.Error.Type != "api_error" {
+				t.Errorf("body: got %s, want api_error/%s", w.Body.Bytes(), tt.wantCode)
+			}
+		})
+	}
+}
+
+func TestHandlerTagsRequest(t *testing.T) {
+	s := newFakeStore()
+	h := newTestHandler(t, s)
+	key, rec := s.add(t)
+	next := &recordingNext{}
+	r, repl := newRequest(key)
+	r.Header.Set("Postscale-Account-Id", "someone-else")
+	if err := h.ServeHTTP(httptest.NewRecorder(), r, next); err != nil {
+		t.Fatal(err)
+	}
+	wantHeaders := map[string]string{
+		"Postscale-Mode":       "live",
+		"Postscale-Account-Id": "acme",
+		"Postscale-Key-Id":     rec.ID,
+		"Postscale-Plan":       "growth",
+		"Authorization":        "",
+	}
+	for k, want := range wantHeaders {
+		if got := next.header.Get(k); got != want {
+			t.Errorf("header %s: got %q, want %q", k, got, want)
+		}
+	}
+	wantPlaceholders := map[string]string{
+		"postscale.mode":       "live",
+		"postscale.account_id": "acme",
+		"postscale.key_id":     rec.ID,
+		"postscale.plan":       "growth",
+		"postscale.key_name":   "test key",
+		"http.auth.user.id":    rec.ID,
+	}
+	for k, want := range wantPlaceholders {
+		if got, _ := repl.GetString(k); got != want {
+			t.Errorf("placeholder {%s}: got %q, want %q", k, got, want)
+		}
+	}
+	// An append downstream must not write into the cached entry's value.
+	next.header = nil
+	r2, _ := newRequest(key)
+	_ = h.ServeHTTP(httptest.NewRecorder(), r2, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		r.Header.Add("Postscale-Mode", "tampered")
+		return nil
+	}))
+	r3, _ := newRequest(key)
+	if err := h.ServeHTTP(httptest.NewRecorder(), r3, next); err != nil {
+		t.Fatal(err)
+	}
+	if got := next.header.Values("Postscale-Mode"); len(got) != 1 || got[0] != "live" {
+		t.Errorf("Postscale-Mode after a downstream append on an earlier request: got %q, want [live]", got)
+	}
+}
+
+// BenchmarkCachedKey measures the whole check of a cached key (parse,
+// checksum, hash, cache hit, tagging, placeholders): the per-request cost
+// the gateway adds in front of reverse_proxy.
+func BenchmarkCachedKey(b *testing.B) {
+	s := newFakeStore()
+	h := newTestHandler(b, s)
+	key, _ := s.add(b)
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	r, _ := newRequest(key)
+	auth := []string{"Bearer " + key}
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, r, next); err != nil {
+		b.Fatal(err)
+	}
+	h.keys.cache.Wait()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		r.Header["Authorization"] = auth
+		_ = h.ServeHTTP(w, r, next)
+	}
+}
+
+// BenchmarkCachedKeyParallel is BenchmarkCachedKey from every core at once
+// over 1000 keys, to show the hot path shares no lock.
+func BenchmarkCachedKeyParallel(b *testing.B) {
+	s := newFakeStore()
+	h := newTestHandler(b, s)
+	auths := make([][]string, 1000)
+	for i := range auths {
+		key, _ := s.add(b)
+		auths[i] = []string{"Bearer " + key}
+		r, _ := newRequest(key)
+		_ = h.ServeHTTP(httptest.NewRecorder(), r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil }))
+	}
+	h.keys.cache.Wait()
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		w := httptest.NewRecorder()
+		r, _ := newRequest("")
+		i := 0
+		for pb.Next() {
+			r.Header["Authorization"] = auths[i%len(auths)]
+			i++
+			_ = h.ServeHTTP(w, r, next)
+		}
+	})
+}
+
+// BenchmarkRejectBadChecksum measures a made-up key: rejected before any
+// cache or store lookup.
+func BenchmarkRejectBadChecksum(b *testing.B) {
+	s := newFakeStore()
+	h := newTestHandler(b, s)
+	key, _ := NewKey(ModeLive)
+	bad := []string{"Bearer " + key[:len(key)-1] + string(key[len(key)-1]^1)}
+	r, _ := newRequest("")
+	w := httptest.NewRecorder()
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	b.ReportAllocs()
+	for b.Loop() {
+		r.Header["Authorization"] = bad
+		w.Body.Reset()
+		_ = h.ServeHTTP(w, r, next)
+	}
+	if s.lookups.Load() != 0 {
+		b.Fatalf("bad checksums reached the store %d times", s.lookups.Load())
+	}
+}
+
+func BenchmarkParseKey(b *testing.B) {
+	key, _ := NewKey(ModeLive)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParseKey(key, false); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
