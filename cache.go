@@ -29,6 +29,9 @@ type entry struct {
 	legacy                          bool
 	revoked                         bool
 	expiresAt                       time.Time // zero: never
+	// custom is the account's own limit (enterprise), or nil to use its
+	// plan's.
+	custom *limit
 
 	// Header values for the backend, each a one-element slice with no
 	// spare capacity, so that an append downstream copies instead of
@@ -52,6 +55,11 @@ func newEntry(h [sha256.Size]byte, k KeyRecord, a Account) *entry {
 	}
 	if k.ExpiresAt != nil {
 		e.expiresAt = *k.ExpiresAt
+	}
+	if a.Rate > 0 {
+		if p, err := (Plan{Rate: a.Rate, Burst: a.Burst}).withDefaultBurst(); err == nil {
+			e.custom = newLimit(a.Plan, p)
+		}
 	}
 	one := func(s string) []string { return []string{s}[:1:1] }
 	e.modeHdr, e.accountHdr, e.keyHdr, e.planHdr = one(k.Mode.String()), one(a.ID), one(k.ID), one(a.Plan)

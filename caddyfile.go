@@ -1,6 +1,9 @@
 package postscale
 
 import (
+	"math"
+	"strconv"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -22,10 +25,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    negative_ttl <duration>
 //	    legacy_keys
 //	    forward_authorization
+//	    plan <name> <rate> [<burst>]
 //	}
 //
-// Each subdirective may appear once; the block may be left out to take
-// every default.
+// Each subdirective may appear once, except plan, once per plan name; the
+// block may be left out to take every default.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	if d.NextArg() {
@@ -34,11 +38,37 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := make(map[string]bool)
 	for d.NextBlock(0) {
 		name := d.Val()
-		if seen[name] {
+		if seen[name] && name != "plan" {
 			return d.Errf("%s: subdirective given more than once", name)
 		}
 		seen[name] = true
 		switch name {
+		case "plan":
+			args := d.RemainingArgs()
+			if len(args) < 2 || len(args) > 3 {
+				return d.Errf("plan: want plan <name> <rate> [<burst>], got %d arguments", len(args))
+			}
+			pname := args[0]
+			if _, dup := h.Plans[pname]; dup {
+				return d.Errf("plan %s: given more than once", pname)
+			}
+			if !planNamePattern.MatchString(pname) {
+				return d.Errf("plan %q: a plan name is 1 to 32 characters of a-z, 0-9, _ and -", pname)
+			}
+			var p Plan
+			var err error
+			if p.Rate, err = strconv.ParseFloat(args[1], 64); err != nil || !(p.Rate > 0) || math.IsInf(p.Rate, 0) {
+				return d.Errf("plan %s: rate must be requests per second greater than 0, got %q", pname, args[1])
+			}
+			if len(args) == 3 {
+				if p.Burst, err = strconv.Atoi(args[2]); err != nil || p.Burst < 1 {
+					return d.Errf("plan %s: burst must be a whole number of requests, at least 1, got %q", pname, args[2])
+				}
+			}
+			if h.Plans == nil {
+				h.Plans = make(map[string]Plan)
+			}
+			h.Plans[pname] = p
 		case "store":
 			if !d.NextArg() {
 				return d.ArgErr()

@@ -19,6 +19,8 @@ const (
 	outcomeMultipleAuth
 	outcomeCredentialsInURL
 	outcomeUnavailable
+	outcomeRateLimited
+	outcomeUnknownPlan
 	numOutcomes
 )
 
@@ -84,6 +86,12 @@ func init() {
 	def(outcomeUnavailable, http.StatusServiceUnavailable, "", "1",
 		"api_error", "store_unavailable",
 		"The key store is temporarily unavailable, so the API key could not be checked. Retry after the time in the Retry-After header.")
+	def(outcomeRateLimited, http.StatusTooManyRequests, "", "",
+		"rate_limit_error", "rate_limit_exceeded",
+		"Too many requests for your plan's rate limit. Wait the number of seconds in the Retry-After header before retrying; the RateLimit header shows what is left.")
+	def(outcomeUnknownPlan, http.StatusServiceUnavailable, "", "",
+		"api_error", "plan_not_configured",
+		"Your account's plan is not configured on this gateway, so the request cannot be rate-limited and was not sent. This is a server-side problem; contact support.")
 }
 
 // writeRejection writes the error response of an outcome. It is the one

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -49,9 +51,20 @@ type Handler struct {
 	// the request to the backend. Default: off (it is removed).
 	ForwardAuthorization bool `json:"forward_authorization,omitempty"`
 
-	store  Store
-	keys   *keyring
-	logger *zap.Logger
+	// Plans adds rate-limit plans or overrides the default ones (starter
+	// 10/s, growth 100/s, scale 1000/s, burst = rate), by name. Accounts
+	// with their own rate (enterprise) use that instead.
+	Plans map[string]Plan `json:"plans,omitempty"`
+
+	store   Store
+	keys    *keyring
+	buckets *buckets
+	limits  map[string]*limit // by plan name, defaults merged in
+	logger  *zap.Logger
+
+	// unknownPlans remembers plan names already logged as missing, so the
+	// operator sees each once, not once per request.
+	unknownPlans *sync.Map
 }
 
 // Defaults of the optional fields.
@@ -85,7 +98,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("loading store: %w", err)
 	}
 	h.store = mod.(Store)
+	if err := h.resolvePlans(); err != nil {
+		return err
+	}
 	h.keys, err = loadKeyring(h.store, ctx.Logger().Named("keyring"))
+	if err != nil {
+		return err
+	}
+	h.buckets, err = loadBuckets(h.store.Identity())
 	if err != nil {
 		return err
 	}
@@ -103,6 +123,23 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// resolvePlans merges Plans over DefaultPlans into the limits the request
+// path uses.
+func (h *Handler) resolvePlans() error {
+	h.unknownPlans = new(sync.Map)
+	h.limits = make(map[string]*limit, len(DefaultPlans)+len(h.Plans))
+	for _, plans := range []map[string]Plan{DefaultPlans, h.Plans} {
+		for name, p := range plans {
+			p, err := p.withDefaultBurst()
+			if err != nil {
+				return fmt.Errorf("plans: %s: %w", name, err)
+			}
+			h.limits[name] = newLimit(name, p)
+		}
+	}
+	return nil
+}
+
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
 	if h.CacheTTL < 0 {
@@ -110,6 +147,14 @@ func (h *Handler) Validate() error {
 	}
 	if h.NegativeTTL < 0 {
 		return fmt.Errorf("negative_ttl must not be negative, got %s", time.Duration(h.NegativeTTL))
+	}
+	for name, p := range h.Plans {
+		if !planNamePattern.MatchString(name) {
+			return fmt.Errorf("plans: %q: a plan name is 1 to 32 characters of a-z, 0-9, _ and -", name)
+		}
+		if _, err := p.withDefaultBurst(); err != nil {
+			return fmt.Errorf("plans: %s: %w", name, err)
+		}
 	}
 	return nil
 }
@@ -120,14 +165,41 @@ func (h *Handler) Cleanup() error {
 		return nil
 	}
 	_, err := keyrings.Delete(h.store.Identity())
+	if h.buckets != nil {
+		if _, err2 := bucketSets.Delete(h.store.Identity()); err == nil {
+			err = err2
+		}
+	}
 	return err
 }
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	e, o := h.check(r)
+	now := time.Now()
+	e, o := h.check(r, now)
 	if o != outcomeAdmitted {
 		writeRejection(w, o)
+		return nil
+	}
+
+	l := e.custom
+	if l == nil {
+		if l = h.limits[e.plan]; l == nil {
+			if _, logged := h.unknownPlans.LoadOrStore(e.plan, true); !logged {
+				h.logger.Error("account is on a plan this gateway does not know; its requests get 503 until the plan is configured",
+					zap.String("plan", e.plan), zap.String("account", e.accountID))
+			}
+			writeRejection(w, outcomeUnknownPlan)
+			return nil
+		}
+	}
+	st := h.buckets.take(bucketKey{account: e.accountID, mode: e.mode}, l, now)
+	wh := w.Header()
+	wh["Ratelimit-Policy"] = l.policy
+	wh["Ratelimit"] = []string{rateLimitHeader(l, st)}
+	if !st.admitted {
+		wh["Retry-After"] = []string{strconv.FormatInt(st.retryAfter, 10)}
+		writeRejection(w, outcomeRateLimited)
 		return nil
 	}
 
@@ -153,7 +225,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 // check authenticates a request: it returns the key's cache entry and
 // outcomeAdmitted, or the outcome that rejects the request.
-func (h *Handler) check(r *http.Request) (*entry, outcome) {
+func (h *Handler) check(r *http.Request, now time.Time) (*entry, outcome) {
 	dropClientHeaders(r.Header)
 	if r.URL.RawQuery != "" && credentialsInQuery(r.URL.RawQuery) {
 		return nil, outcomeCredentialsInURL
@@ -178,7 +250,7 @@ func (h *Handler) check(r *http.Request) (*entry, outcome) {
 		return nil, outcomeInvalid
 	case e.revoked:
 		return nil, outcomeRevoked
-	case !e.expiresAt.IsZero() && !time.Now().Before(e.expiresAt):
+	case !e.expiresAt.IsZero() && !now.Before(e.expiresAt):
 		return nil, outcomeExpired
 	}
 	return e, outcomeAdmitted

@@ -16,15 +16,21 @@ import (
 
 // newTestHandler returns a handler wired to s without a Caddy config, as
 // Provision would wire it.
-func newTestHandler(t testing.TB, s Store) *Handler {
+func newTestHandler(t testing.TB, s Store, plans map[string]Plan) *Handler {
 	t.Helper()
-	return &Handler{
+	h := &Handler{
 		CacheTTL:    caddy.Duration(time.Minute),
 		NegativeTTL: caddy.Duration(time.Minute),
+		Plans:       plans,
 		store:       s,
 		keys:        newTestKeyring(t, s),
+		buckets:     newBuckets(),
 		logger:      zap.NewNop(),
 	}
+	if err := h.resolvePlans(); err != nil {
+		t.Fatal(err)
+	}
+	return h
 }
 
 // newRequest returns a request as Caddy's server hands it to handlers: with
@@ -53,7 +59,7 @@ func (n *recordingNext) ServeHTTP(w http.ResponseWriter, r *http.Request) error 
 
 func TestHandlerStoreUnavailable(t *testing.T) {
 	s := newFakeStore()
-	h := newTestHandler(t, s)
+	h := newTestHandler(t, s, nil)
 	cached, _ := s.add(t)
 	uncached, _ := s.add(t)
 
@@ -110,7 +116,7 @@ func TestHandlerStoreUnavailable(t *testing.T) {
 
 func TestHandlerTagsRequest(t *testing.T) {
 	s := newFakeStore()
-	h := newTestHandler(t, s)
+	h := newTestHandler(t, s, nil)
 	key, rec := s.add(t)
 	next := &recordingNext{}
 	r, repl := newRequest(key)
@@ -159,12 +165,15 @@ func TestHandlerTagsRequest(t *testing.T) {
 	}
 }
 
+// unlimited is a plan so large the benchmarks never hit it.
+var unlimited = map[string]Plan{"growth": {Rate: 1e12, Burst: 1e9}}
+
 // BenchmarkCachedKey measures the whole check of a cached key (parse,
-// checksum, hash, cache hit, tagging, placeholders): the per-request cost
+// checksum, hash, cache hit, rate limit, tagging, placeholders): the per-request cost
 // the gateway adds in front of reverse_proxy.
 func BenchmarkCachedKey(b *testing.B) {
 	s := newFakeStore()
-	h := newTestHandler(b, s)
+	h := newTestHandler(b, s, unlimited)
 	key, _ := s.add(b)
 	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
 	r, _ := newRequest(key)
@@ -186,7 +195,7 @@ func BenchmarkCachedKey(b *testing.B) {
 // over 1000 keys, to show the hot path shares no lock.
 func BenchmarkCachedKeyParallel(b *testing.B) {
 	s := newFakeStore()
-	h := newTestHandler(b, s)
+	h := newTestHandler(b, s, unlimited)
 	auths := make([][]string, 1000)
 	for i := range auths {
 		key, _ := s.add(b)
@@ -214,7 +223,7 @@ func BenchmarkCachedKeyParallel(b *testing.B) {
 // cache or store lookup.
 func BenchmarkRejectBadChecksum(b *testing.B) {
 	s := newFakeStore()
-	h := newTestHandler(b, s)
+	h := newTestHandler(b, s, unlimited)
 	key, _ := NewKey(ModeLive)
 	bad := []string{"Bearer " + key[:len(key)-1] + string(key[len(key)-1]^1)}
 	r, _ := newRequest("")

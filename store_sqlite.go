@@ -110,6 +110,13 @@ func openSQLite(path string) (*sqliteDB, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("creating store directory: %w", err)
 	}
+	// The file holds key hashes and account data: not for other users.
+	// SQLite gives the -wal and -shm files the database file's mode, so
+	// creating it 0600 up front covers them too.
+	if f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o600); err == nil {
+		f.Close()
+	}
+	_ = os.Chmod(path, 0o600)
 	// Immediate transactions take the write lock up front, so two
 	// processes never deadlock upgrading a read lock; the busy timeout
 	// makes a writer wait for the other instead of failing.
@@ -125,8 +132,6 @@ func openSQLite(path string) (*sqliteDB, error) {
 		db.Close()
 		return nil, fmt.Errorf("store %s: %w", path, err)
 	}
-	// The file holds key hashes and account data: not for other users.
-	_ = os.Chmod(path, 0o600)
 	return d, nil
 }
 

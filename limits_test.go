@@ -1,0 +1,311 @@
+package postscale
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+)
+
+var t0 = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+
+func mustLimit(t testing.TB, name string, p Plan) *limit {
+	t.Helper()
+	p, err := p.withDefaultBurst()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newLimit(name, p)
+}
+
+func TestBurstThenRefill(t *testing.T) {
+	b := newBuckets()
+	starter := mustLimit(t, "starter", DefaultPlans["starter"])
+	k := bucketKey{account: "acme", mode: ModeLive}
+	for i := range 10 {
+		st := b.take(k, starter, t0)
+		if !st.admitted || st.remaining != int64(9-i) {
+			t.Fatalf("request %d of the burst: admitted=%v r=%d; want admitted, r=%d", i+1, st.admitted, st.remaining, 9-i)
+		}
+	}
+	st := b.take(k, starter, t0)
+	if st.admitted || st.retryAfter != 1 || st.remaining != 0 || st.full != 1 {
+		t.Fatalf("11th request at once: %+v; want rejected, Retry-After 1, r=0, t=1", st)
+	}
+	// One token every 100ms.
+	if st := b.take(k, starter, t0.Add(100*time.Millisecond)); !st.admitted {
+		t.Fatal("no request admitted 100ms later")
+	}
+	if st := b.take(k, starter, t0.Add(100*time.Millisecond)); st.admitted {
+		t.Fatal("two requests admitted 100ms after emptying a 10/s bucket")
+	}
+	// A second later the bucket is full again.
+	for i := range 10 {
+		if st := b.take(k, starter, t0.Add(1100*time.Millisecond)); !st.admitted {
+			t.Fatalf("refilled bucket rejected request %d", i+1)
+		}
+	}
+}
+
+func TestRetryAfter(t *testing.T) {
+	tests := []struct {
+		name      string
+		plan      Plan
+		after     time.Duration // since the bucket was emptied
+		wantRetry int64
+	}{
+		{"starter, at once", Plan{Rate: 10, Burst: 10}, 0, 1},
+		{"one per two seconds, at once", Plan{Rate: 0.5, Burst: 1}, 0, 2},
+		{"one per two seconds, 1.5s later", Plan{Rate: 0.5, Burst: 1}, 1500 * time.Millisecond, 1},
+		{"one per five seconds, 1s later", Plan{Rate: 0.2, Burst: 1}, time.Second, 4},
+		{"1/s, at once", Plan{Rate: 1, Burst: 1}, 0, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newBuckets()
+			l := mustLimit(t, "p", tt.plan)
+			k := bucketKey{account: "a", mode: ModeLive}
+			for range l.burst {
+				b.take(k, l, t0)
+			}
+			st := b.take(k, l, t0.Add(tt.after))
+			if st.admitted || st.retryAfter != tt.wantRetry {
+				t.Fatalf("got admitted=%v Retry-After %d, want rejected with %d", st.admitted, st.retryAfter, tt.wantRetry)
+			}
+			// Waiting exactly as told gets the request in.
+			if st := b.take(k, l, t0.Add(tt.after+time.Duration(tt.wantRetry)*time.Second)); !st.admitted {
+				t.Fatal("a client that waited Retry-After was rejected")
+			}
+		})
+	}
+}
+
+func TestRejectedRequestsConsumeNothing(t *testing.T) {
+	b := newBuckets()
+	l := mustLimit(t, "p", Plan{Rate: 1, Burst: 1})
+	k := bucketKey{account: "a", mode: ModeLive}
+	b.take(k, l, t0)
+	for i := range 100 { // a client hammering while limited
+		if st := b.take(k, l, t0.Add(time.Duration(i)*5*time.Millisecond)); st.admitted {
+			t.Fatalf("hammering request %d admitted", i)
+		}
+	}
+	if st := b.take(k, l, t0.Add(time.Second)); !st.admitted {
+		t.Fatal("after the refill time, the request was rejected: rejections consumed tokens")
+	}
+}
+
+func TestPolicyAndRateLimitHeaders(t *testing.T) {
+	tests := []struct {
+		name       string
+		plan       string
+		limits     Plan
+		taken      int
+		wantPolicy string
+		wantHeader string
+	}{
+		{"growth, one taken", "growth", Plan{Rate: 100}, 1, `"growth";q=100;w=1`, `"growth";r=99;t=1`},
+		{"growth, 43 taken", "growth", Plan{Rate: 100}, 43, `"growth";q=100;w=1`, `"growth";r=57;t=1`},
+		{"enterprise 50/s burst 200", "enterprise", Plan{Rate: 50, Burst: 200}, 100, `"enterprise";q=200;w=4`, `"enterprise";r=100;t=2`},
+		{"slow plan", "slow", Plan{Rate: 0.5, Burst: 3}, 3, `"slow";q=3;w=6`, `"slow";r=0;t=6`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := mustLimit(t, tt.plan, tt.limits)
+			b := newBuckets()
+			k := bucketKey{account: "a", mode: ModeLive}
+			var st state
+			for range tt.taken {
+				st = b.take(k, l, t0)
+			}
+			if got := l.policy[0]; got != tt.wantPolicy {
+				t.Errorf("RateLimit-Policy: got %s, want %s", got, tt.wantPolicy)
+			}
+			if got := rateLimitHeader(l, st); got != tt.wantHeader {
+				t.Errorf("RateLimit: got %s, want %s", got, tt.wantHeader)
+			}
+		})
+	}
+}
+
+func TestLiveAndTestBucketsAreSeparate(t *testing.T) {
+	b := newBuckets()
+	l := mustLimit(t, "starter", DefaultPlans["starter"])
+	live := bucketKey{account: "acme", mode: ModeLive}
+	test := bucketKey{account: "acme", mode: ModeTest}
+	other := bucketKey{account: "other", mode: ModeLive}
+	for range 10 {
+		b.take(test, l, t0)
+	}
+	if st := b.take(test, l, t0); st.admitted {
+		t.Fatal("test bucket not exhausted after its burst")
+	}
+	if st := b.take(live, l, t0); !st.admitted || st.remaining != 9 {
+		t.Fatalf("live traffic after test exhausted its bucket: %+v; want admitted with r=9", st)
+	}
+	if st := b.take(other, l, t0); !st.admitted || st.remaining != 9 {
+		t.Fatalf("another account: %+v; want admitted with r=9", st)
+	}
+}
+
+func TestPlanChangeKeepsTokens(t *testing.T) {
+	b := newBuckets()
+	k := bucketKey{account: "acme", mode: ModeLive}
+	small := mustLimit(t, "starter", Plan{Rate: 10})
+	big := mustLimit(t, "growth", Plan{Rate: 100})
+	for range 10 {
+		b.take(k, small, t0)
+	}
+	if st := b.take(k, small, t0); st.admitted {
+		t.Fatal("starter bucket not exhausted")
+	}
+	// Upgraded: the empty bucket now refills at 100/s and holds 100, but
+	// the upgrade itself grants no free burst.
+	if st := b.take(k, big, t0); st.admitted {
+		t.Fatal("the plan change handed out a free burst")
+	}
+	if st := b.take(k, big, t0.Add(10*time.Millisecond)); !st.admitted {
+		t.Fatal("the new, faster rate did not apply at once")
+	}
+	if st := b.take(k, big, t0.Add(2*time.Second)); !st.admitted || st.remaining != 99 {
+		t.Fatalf("2s later on growth: %+v; want admitted with r=99 (burst 100)", st)
+	}
+	// Downgraded: the bucket shrinks to the new burst at once.
+	if st := b.take(k, small, t0.Add(2*time.Second)); !st.admitted || st.remaining > 9 {
+		t.Fatalf("after downgrade: %+v; want admitted with r ≤ 9", st)
+	}
+}
+
+func TestIdleBucketsAreDropped(t *testing.T) {
+	b := newBuckets()
+	l := mustLimit(t, "starter", DefaultPlans["starter"])
+	busy := bucketKey{account: "busy", mode: ModeLive}
+	idle := bucketKey{account: "idle", mode: ModeLive}
+	for range 10 {
+		b.take(busy, l, t0)
+	}
+	b.take(idle, l, t0)
+	// 100ms later the idle bucket (one token short) is full; the busy one
+	// is not.
+	if n := b.sweep(t0.Add(100 * time.Millisecond)); n != 1 {
+		t.Fatalf("buckets after sweep: got %d, want 1 (only the busy one)", n)
+	}
+	// Dropping was lossless: the busy bucket still remembers it is empty.
+	if st := b.take(busy, l, t0.Add(100*time.Millisecond)); !st.admitted || st.remaining != 0 {
+		t.Fatalf("busy bucket after the sweep: %+v; want one admitted, r=0", st)
+	}
+	if n := b.sweep(t0.Add(2 * time.Second)); n != 0 {
+		t.Fatalf("buckets after everyone went idle: got %d, want 0", n)
+	}
+}
+
+// TestMillionAccountsStayBounded cycles through 1,000,000 distinct
+// accounts at 100,000 requests per (simulated) second, sweeping every
+// 10,000 requests: the number of live buckets stays near what 0.1 s of
+// traffic (the starter refill time) plus one sweep interval can touch.
+func TestMillionAccountsStayBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cycles through a million accounts")
+	}
+	b := newBuckets()
+	l := mustLimit(t, "starter", DefaultPlans["starter"])
+	const accounts, perSecond, sweepEvery, bound = 1_000_000, 100_000, 10_000, 25_000
+	now := t0
+	peak := 0
+	for i := range accounts {
+		now = now.Add(time.Second / perSecond)
+		if st := b.take(bucketKey{account: fmt.Sprintf("acct_%07d", i), mode: ModeLive}, l, now); !st.admitted {
+			t.Fatalf("account %d rejected on its first request", i)
+		}
+		if i%sweepEvery == sweepEvery-1 {
+			peak = max(peak, b.sweep(now))
+			if n := b.count(); n > bound {
+				t.Fatalf("after %d accounts: %d live buckets, want at most %d", i+1, n, bound)
+			}
+		}
+	}
+	if peak == 0 {
+		t.Fatal("no bucket was ever live: the test measured nothing")
+	}
+	t.Logf("peak live buckets after a sweep: %d of %d accounts", peak, accounts)
+}
+
+func TestHandlerRateLimits(t *testing.T) {
+	s := newFakeStore() // account acme on growth
+	h := newTestHandler(t, s, map[string]Plan{"growth": {Rate: 1, Burst: 2}})
+	key, _ := s.add(t)
+	next := &recordingNext{}
+	serve := func() *httptest.ResponseRecorder {
+		w := httptest.NewRecorder()
+		r, _ := newRequest(key)
+		if err := h.ServeHTTP(w, r, next); err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	for i, wantR := range []string{"1", "0"} {
+		w := serve()
+		if w.Code != http.StatusAccepted {
+			t.Fatalf("request %d: status %d, want 202", i+1, w.Code)
+		}
+		if got, want := w.Header().Get("RateLimit"), `"growth";r=`+wantR+`;t=`; len(got) < len(want) || got[:len(want)] != want {
+			t.Errorf("request %d RateLimit: got %q, want prefix %q", i+1, got, want)
+		}
+		if got := w.Header().Get("RateLimit-Policy"); got != `"growth";q=2;w=2` {
+			t.Errorf("RateLimit-Policy: got %q", got)
+		}
+	}
+	w := serve()
+	if w.Code != http.StatusTooManyRequests || next.calls != 2 {
+		t.Fatalf("over the limit: status %d, next called %d times; want 429 and 2", w.Code, next.calls)
+	}
+	if w.Header().Get("Retry-After") != "1" || w.Header().Get("RateLimit-Policy") == "" {
+		t.Errorf("429 headers: %v", w.Header())
+	}
+	var body struct{ Error struct{ Type, Code string } }
+	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || body.Error.Type != "rate_limit_error" || body.Error.Code != "rate_limit_exceeded" {
+		t.Errorf("429 body: %s", w.Body.Bytes())
+	}
+}
+
+func TestHandlerUnknownPlan(t *testing.T) {
+	s := newFakeStore()
+	s.account.Plan = "platinum"
+	h := newTestHandler(t, s, nil)
+	key, _ := s.add(t)
+	next := &recordingNext{}
+	w := httptest.NewRecorder()
+	r, _ := newRequest(key)
+	if err := h.ServeHTTP(w, r, next); err != nil {
+		t.Fatal(err)
+	}
+	if w.Code != http.StatusServiceUnavailable || next.calls != 0 {
+		t.Fatalf("account on an unknown plan: status %d, next called %d times; want 503 and 0", w.Code, next.calls)
+	}
+	var body struct{ Error struct{ Code string } }
+	if json.Unmarshal(w.Body.Bytes(), &body); body.Error.Code != "plan_not_configured" {
+		t.Errorf("body: %s", w.Body.Bytes())
+	}
+}
+
+func TestEnterpriseAccountUsesItsOwnLimit(t *testing.T) {
+	s := newFakeStore()
+	s.account = Account{ID: "bigco", Plan: "enterprise", Rate: 5, Burst: 3}
+	h := newTestHandler(t, s, nil)
+	key, _ := s.add(t)
+	codes := []int{}
+	for range 4 {
+		w := httptest.NewRecorder()
+		r, _ := newRequest(key)
+		_ = h.ServeHTTP(w, r, &recordingNext{})
+		codes = append(codes, w.Code)
+		if got := w.Header().Get("RateLimit-Policy"); got != `"enterprise";q=3;w=1` {
+			t.Errorf("RateLimit-Policy: got %q", got)
+		}
+	}
+	if fmt.Sprint(codes) != "[202 202 202 429]" {
+		t.Errorf("statuses: got %v, want [202 202 202 429] (burst 3)", codes)
+	}
+}
