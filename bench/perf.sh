@@ -12,9 +12,9 @@ HARNESS=${PERF_HARNESS:-$ROOT/../shared/perf}
 PERF_STORE=$(mktemp -d)/keys.db
 export PERF_STORE
 trap 'rm -rf "$(dirname "$PERF_STORE")"' EXIT
-# One account on the scale plan and one live key, written straight into the
+# One account on the (unreachable) perf plan and one live key, written straight into the
 # store; the harness sends that key.
-export GATEWAY_SETUP="'$ROOT/bin/caddy' postscale --store '$PERF_STORE' account create perf --plan scale >/dev/null &&
+export GATEWAY_SETUP="'$ROOT/bin/caddy' postscale --store '$PERF_STORE' account create perf --plan perf >/dev/null &&
 echo PERF_KEY=\$('$ROOT/bin/caddy' postscale --store '$PERF_STORE' key create --account perf --name load 2>/dev/null)"
 export GATEWAY_CADDY=$ROOT/bin/caddy GATEWAY_CADDYFILE=$ROOT/bench/perf.Caddyfile GATEWAY_NAME=postscale
 export SKIP=${SKIP:-direct nginx}
