@@ -46,18 +46,42 @@ func (a *adminAPI) Routes() []caddy.AdminRoute {
 const maxAdminBody = 1 << 20
 
 func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
-	m, err := a.manager(r)
+	k, err := a.keyring(r)
 	if err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: err}
 	}
+	m := storeManager{store: k.store, now: time.Now, changed: k.apply}
 	ctx := r.Context()
-	// /postscale/<collection>[/<id>]
+	// /postscale/<collection>[/<id>[/<action>]]
 	collection, id, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, adminPrefix), "/")
+	id, action, _ := strings.Cut(id, "/")
 	var (
 		status = http.StatusOK
 		out    any
 	)
 	switch {
+	case collection == "accounts" && id != "" && action == "" && r.Method == http.MethodPatch:
+		var req AccountUpdate
+		if err = decodeBody(r, &req); err == nil {
+			out, err = m.UpdateAccount(ctx, id, req)
+		}
+	case collection == "keys" && id == "import" && action == "" && r.Method == http.MethodPost:
+		var req ImportRequest
+		if err = decodeBody(r, &req); err == nil {
+			out, err = m.ImportKeys(ctx, req)
+			status = http.StatusCreated
+		}
+	case collection == "keys" && id != "" && action == "roll" && r.Method == http.MethodPost:
+		var req RollRequest
+		if r.ContentLength != 0 {
+			err = decodeBody(r, &req)
+		}
+		if err == nil {
+			out, err = m.RollKey(ctx, id, req)
+			status = http.StatusCreated
+		}
+	case action != "":
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no such endpoint: %s", r.URL.Path)}
 	case collection == "accounts" && id == "" && r.Method == http.MethodPost:
 		var req AccountRequest
 		if err = decodeBody(r, &req); err == nil {
@@ -75,6 +99,8 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	case collection == "keys" && id == "" && r.Method == http.MethodGet:
 		out, err = m.ListKeys(ctx, r.URL.Query().Get("account"))
 	case collection == "keys" && id != "" && r.Method == http.MethodGet:
+		// Show usage up to this request, not up to the last flush.
+		k.flushUsage(ctx)
 		out, err = m.GetKey(ctx, id)
 	case collection == "keys" && id != "" && r.Method == http.MethodDelete:
 		out, err = m.RevokeKey(ctx, id)
@@ -92,17 +118,13 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	return json.NewEncoder(w).Encode(out)
 }
 
-// manager returns the store manager of the running config's keyring.
-func (a *adminAPI) manager(r *http.Request) (Manager, error) {
+// keyring returns the keyring of the running config's store.
+func (a *adminAPI) keyring(r *http.Request) (*keyring, error) {
 	app, err := a.ctx.AppIfConfigured("postscale")
 	if err != nil {
 		return nil, errNoStore
 	}
-	k, err := app.(*App).keyring(r.URL.Query().Get("store"))
-	if err != nil {
-		return nil, err
-	}
-	return storeManager{store: k.store, now: time.Now, changed: k.apply}, nil
+	return app.(*App).keyring(r.URL.Query().Get("store"))
 }
 
 func decodeBody(r *http.Request, v any) error {
@@ -122,7 +144,7 @@ func errorStatus(err error) int {
 		return http.StatusBadRequest
 	case errors.Is(err, ErrNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, ErrExists):
+	case errors.Is(err, ErrExists), errors.Is(err, ErrConflict):
 		return http.StatusConflict
 	}
 	return http.StatusInternalServerError

@@ -6,6 +6,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
+	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,6 +35,11 @@ type entry struct {
 	// custom is the account's own limit (enterprise), or nil to use its
 	// plan's.
 	custom *limit
+	scopes []string // nil: full access
+	// Deprecation and Sunset response headers of a rolled key, else nil.
+	deprecation, sunset []string
+	// usage counts the key's requests until the next flush.
+	usage *usage
 
 	// Header values for the backend, each a one-element slice with no
 	// spare capacity, so that an append downstream copies instead of
@@ -56,6 +64,11 @@ func newEntry(h [sha256.Size]byte, k KeyRecord, a Account) *entry {
 	if k.ExpiresAt != nil {
 		e.expiresAt = *k.ExpiresAt
 	}
+	if k.DeprecatedAt != nil && k.ExpiresAt != nil {
+		e.deprecation = []string{"@" + strconv.FormatInt(k.DeprecatedAt.Unix(), 10)}
+		e.sunset = []string{k.ExpiresAt.UTC().Format(http.TimeFormat)}
+	}
+	e.scopes = k.Scopes
 	if a.Rate > 0 {
 		if p, err := (Plan{Rate: a.Rate, Burst: a.Burst}).withDefaultBurst(); err == nil {
 			e.custom = newLimit(a.Plan, p)
@@ -94,8 +107,13 @@ type keyring struct {
 	// lookupTimeout bounds one store lookup.
 	lookupTimeout time.Duration
 
+	// usage holds a *usage per key id with requests not yet flushed.
+	usage sync.Map
+	// release lets go of the store once the last usage is flushed.
+	release func()
+
 	cancel context.CancelFunc
-	done   chan struct{}
+	done   sync.WaitGroup
 }
 
 // keyringCapacity is how many keys (found or not) the cache holds.
@@ -114,12 +132,18 @@ func newKeyring(store Store, logger *zap.Logger) (*keyring, error) {
 	return &keyring{store: store, cache: cache, logger: logger, lookupTimeout: 5 * time.Second}, nil
 }
 
-// watch starts following the store's changes until Destruct.
-func (k *keyring) watch() {
+// usageFlushInterval is how often request counts go to the store.
+const usageFlushInterval = 10 * time.Second
+
+// run starts following the store's changes and flushing usage, until
+// Destruct.
+func (k *keyring) run() {
 	ctx, cancel := context.WithCancel(context.Background())
-	k.cancel, k.done = cancel, make(chan struct{})
-	go func() {
-		defer close(k.done)
+	k.cancel = cancel
+	if r, ok := k.store.(interface{ retain() func() }); ok {
+		k.release = r.retain()
+	}
+	k.done.Go(func() {
 		defer func() {
 			if p := recover(); p != nil {
 				k.logger.Error("store watcher panicked; revocations from other processes now wait for the cache TTL", zap.Any("panic", p))
@@ -129,18 +153,99 @@ func (k *keyring) watch() {
 		if err != nil && !errors.Is(err, context.Canceled) {
 			k.logger.Error("watching store changes stopped; revocations from other processes now wait for the cache TTL", zap.Error(err))
 		}
-	}()
+	})
+	k.done.Go(func() {
+		t := time.NewTicker(usageFlushInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				k.flushUsage(ctx)
+			}
+		}
+	})
 }
 
-// Destruct stops the watcher and frees the cache; the keyring pool calls it
-// when the last config using this store is unloaded.
+// Destruct stops the watcher, flushes the last usage counts and frees the
+// cache; the keyring pool calls it when the last config using this store is
+// unloaded (a reload keeps it).
 func (k *keyring) Destruct() error {
 	if k.cancel != nil {
 		k.cancel()
-		<-k.done
+		k.done.Wait()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		k.flushUsage(ctx)
+		cancel()
+	}
+	if k.release != nil {
+		k.release()
 	}
 	k.cache.Close()
 	return nil
+}
+
+// usage counts one key's requests between flushes. A flush that finds it
+// idle marks it dead (count < 0) and drops it, so memory follows the keys
+// in use; a request that finds it dead counts in a fresh one instead.
+type usage struct {
+	count atomic.Int64
+	last  atomic.Int64 // unix nanoseconds of a recent request
+}
+
+const usageDead = math.MinInt64 / 2
+
+// usageOf returns the live usage counter of a key.
+func (k *keyring) usageOf(keyID string) *usage {
+	for {
+		v, ok := k.usage.Load(keyID)
+		if !ok {
+			v, _ = k.usage.LoadOrStore(keyID, new(usage))
+		}
+		u := v.(*usage)
+		if u.count.Load() >= 0 {
+			return u
+		}
+		k.usage.CompareAndDelete(keyID, u)
+	}
+}
+
+// countRequest counts a request of e's key at now, without I/O.
+func (k *keyring) countRequest(e *entry, now time.Time) {
+	u := e.usage
+	for u.count.Add(1) < 0 {
+		u = k.usageOf(e.keyID)
+	}
+	u.last.Store(now.UnixNano())
+}
+
+// flushUsage writes the counts gathered since the last flush to the store.
+// Counts it cannot write are kept for the next flush.
+func (k *keyring) flushUsage(ctx context.Context) {
+	var batch []Usage
+	k.usage.Range(func(id, v any) bool {
+		u := v.(*usage)
+		if n := u.count.Swap(0); n > 0 {
+			batch = append(batch, Usage{KeyID: id.(string), Requests: n, LastUsed: time.Unix(0, u.last.Load()).UTC()})
+		} else if u.count.CompareAndSwap(0, usageDead) {
+			k.usage.CompareAndDelete(id, u)
+		}
+		return true
+	})
+	if len(batch) == 0 {
+		return
+	}
+	if err := k.store.RecordUsage(ctx, batch); err != nil {
+		k.logger.Warn("writing key usage to the store failed; will retry", zap.Int("keys", len(batch)), zap.Error(err))
+		for _, b := range batch {
+			u := k.usageOf(b.KeyID)
+			for u.count.Add(b.Requests) < 0 {
+				u = k.usageOf(b.KeyID)
+			}
+			u.last.Store(b.LastUsed.UnixNano())
+		}
+	}
 }
 
 func cacheIndex(h *[sha256.Size]byte) uint64 { return binary.LittleEndian.Uint64(h[:8]) }
@@ -176,6 +281,7 @@ func (k *keyring) load(ctx context.Context, h [sha256.Size]byte, gen uint64, ttl
 	switch {
 	case err == nil:
 		e = newEntry(h, rec, acct)
+		e.usage = k.usageOf(rec.ID)
 	case errors.Is(err, ErrNotFound):
 		e, ttl = &entry{hash: h}, negTTL
 	default:
@@ -246,7 +352,7 @@ func loadKeyring(store Store, logger *zap.Logger) (*keyring, error) {
 		if err != nil {
 			return nil, err
 		}
-		k.watch()
+		k.run()
 		return k, nil
 	})
 	if err != nil {

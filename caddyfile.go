@@ -26,10 +26,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    legacy_keys
 //	    forward_authorization
 //	    plan <name> <rate> [<burst>]
+//	    require_scope <scope> [{
+//	        <matchers>
+//	    }]
 //	}
 //
-// Each subdirective may appear once, except plan, once per plan name; the
-// block may be left out to take every default.
+// Each subdirective may appear once, except plan (once per plan name) and
+// require_scope (once per scope); the block may be left out to take every
+// default.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	if d.NextArg() {
@@ -38,7 +42,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := make(map[string]bool)
 	for d.NextBlock(0) {
 		name := d.Val()
-		if seen[name] && name != "plan" {
+		if seen[name] && name != "plan" && name != "require_scope" {
 			return d.Errf("%s: subdirective given more than once", name)
 		}
 		seen[name] = true
@@ -79,6 +83,31 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.StoreRaw = caddyconfig.JSONModuleObject(mod, "backend", backend, nil)
+		case "require_scope":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			scope := d.Val()
+			for _, sr := range h.RequireScopes {
+				if sr.Scope == scope {
+					return d.Errf("require_scope %s: given more than once; put all its matchers in one block", scope)
+				}
+			}
+			if !validScope(scope) {
+				return d.Errf("require_scope %q: a scope is printable ASCII without spaces, quotes or backslashes", scope)
+			}
+			if d.NextArg() {
+				return d.Errf("require_scope %s: matchers go in a block: require_scope %s { <matchers> }", scope, scope)
+			}
+			rule := ScopeRule{Scope: scope}
+			set, err := caddyhttp.ParseCaddyfileNestedMatcherSet(d)
+			if err != nil {
+				return err
+			}
+			if len(set) > 0 {
+				rule.MatchRaw = caddyhttp.RawMatcherSets{set}
+			}
+			h.RequireScopes = append(h.RequireScopes, rule)
 		case "cache_ttl", "negative_ttl":
 			if !d.NextArg() {
 				return d.ArgErr()

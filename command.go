@@ -3,12 +3,15 @@ package postscale
 import (
 	"bytes"
 	"context"
+	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -35,6 +38,7 @@ the change up within a second.
   caddy postscale account create acme --plan growth
   caddy postscale key create --account acme --name "production server"
   caddy postscale key list --account acme
+  caddy postscale key roll key_… --expires-in 24h
   caddy postscale key revoke key_…
 
 'key create' prints the key alone on stdout, so a script can capture it;
@@ -85,7 +89,36 @@ func accountCommand() *cobra.Command {
 			return printJSON(cmd.OutOrStdout(), a)
 		}),
 	}
-	account.AddCommand(create, show)
+	update := &cobra.Command{
+		Use:   "update <id> [--plan <plan>] [--rate <req/s>] [--burst <n>]",
+		Short: "Changes an account's plan or custom limits; gateways apply it on its next request",
+		Args:  cobra.ExactArgs(1),
+		RunE: withManager(func(ctx context.Context, cmd *cobra.Command, m Manager, args []string) error {
+			fl := cmd.Flags()
+			var req AccountUpdate
+			if fl.Changed("plan") {
+				v, _ := fl.GetString("plan")
+				req.Plan = &v
+			}
+			if fl.Changed("rate") {
+				v, _ := fl.GetFloat64("rate")
+				req.Rate = &v
+			}
+			if fl.Changed("burst") {
+				v, _ := fl.GetInt("burst")
+				req.Burst = &v
+			}
+			a, err := m.UpdateAccount(ctx, args[0], req)
+			if err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), a)
+		}),
+	}
+	update.Flags().String("plan", "", "New plan")
+	update.Flags().Float64("rate", 0, "Requests per second (enterprise plan only)")
+	update.Flags().Int("burst", 0, "Burst size (enterprise plan only)")
+	account.AddCommand(create, show, update)
 	return account
 }
 
@@ -170,8 +203,114 @@ func keyCommand() *cobra.Command {
 			return printJSON(cmd.OutOrStdout(), k)
 		}),
 	}
-	key.AddCommand(create, list, show, revoke)
+	roll := &cobra.Command{
+		Use:   "roll <key id> [--expires-in <duration>] [--json]",
+		Short: "Issues a replacement key and prints it alone on stdout; the old one works until --expires-in",
+		Args:  cobra.ExactArgs(1),
+		RunE: withManager(func(ctx context.Context, cmd *cobra.Command, m Manager, args []string) error {
+			fl := cmd.Flags()
+			var req RollRequest
+			req.ExpiresIn, _ = fl.GetString("expires-in")
+			k, err := m.RollKey(ctx, args[0], req)
+			if err != nil {
+				return err
+			}
+			if asJSON, _ := fl.GetBool("json"); asJSON {
+				return printJSON(cmd.OutOrStdout(), k)
+			}
+			until := "now"
+			if k.Replaces != nil && k.Replaces.ExpiresAt != nil {
+				until = k.Replaces.ExpiresAt.Format(time.RFC3339)
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "Rolled %s: the replacement is %s. The old key works until %s. Copy the new key now: it is not shown again.\n",
+				args[0], k.ID, until)
+			_, err = fmt.Fprintln(cmd.OutOrStdout(), k.Key)
+			return err
+		}),
+	}
+	roll.Flags().String("expires-in", "24h", "How long the old key keeps working (0s: not at all)")
+	roll.Flags().Bool("json", false, "Print the new record, key included, and the old one as JSON")
+
+	importCmd := &cobra.Command{
+		Use:   "import <file.csv|file.json>",
+		Short: "Imports legacy keys (plaintext or SHA-256 hex) from CSV or JSON",
+		Long: `Imports keys of the legacy system. They authenticate only with legacy_keys on.
+
+CSV has a header row naming the columns account, name, mode, and key or
+hash (scopes optional, space-separated). JSON is a list of objects with the
+same fields, or {"keys": [...]}. Plaintext keys are hashed and never stored.`,
+		Args: cobra.ExactArgs(1),
+		RunE: withManager(func(ctx context.Context, cmd *cobra.Command, m Manager, args []string) error {
+			req, err := readImportFile(args[0])
+			if err != nil {
+				return err
+			}
+			res, err := m.ImportKeys(ctx, req)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "Imported %d keys.\n", len(res.Imported))
+			return printJSON(cmd.OutOrStdout(), res.Imported)
+		}),
+	}
+	key.AddCommand(create, list, show, revoke, roll, importCmd)
 	return key
+}
+
+// readImportFile reads legacy keys from CSV or JSON.
+func readImportFile(path string) (ImportRequest, error) {
+	var req ImportRequest
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return req, err
+	}
+	trimmed := bytes.TrimSpace(data)
+	switch {
+	case bytes.HasPrefix(trimmed, []byte("[")):
+		err = json.Unmarshal(trimmed, &req.Keys)
+	case bytes.HasPrefix(trimmed, []byte("{")):
+		err = json.Unmarshal(trimmed, &req)
+	default:
+		req.Keys, err = readImportCSV(bytes.NewReader(data))
+	}
+	if err != nil {
+		return req, fmt.Errorf("reading %s: %w", path, err)
+	}
+	return req, nil
+}
+
+func readImportCSV(r io.Reader) ([]ImportedKey, error) {
+	rows, err := csv.NewReader(r).ReadAll()
+	if err != nil {
+		return nil, err
+	}
+	if len(rows) < 2 {
+		return nil, fmt.Errorf("want a header row (account,name,mode,key or hash) and at least one key")
+	}
+	col := map[string]int{}
+	for i, name := range rows[0] {
+		col[strings.ToLower(strings.TrimSpace(name))] = i
+	}
+	for _, need := range []string{"account", "name"} {
+		if _, ok := col[need]; !ok {
+			return nil, fmt.Errorf("header row has no %q column", need)
+		}
+	}
+	get := func(row []string, name string) string {
+		if i, ok := col[name]; ok && i < len(row) {
+			return strings.TrimSpace(row[i])
+		}
+		return ""
+	}
+	keys := make([]ImportedKey, 0, len(rows)-1)
+	for _, row := range rows[1:] {
+		k := ImportedKey{Account: get(row, "account"), Name: get(row, "name"), Mode: get(row, "mode"), Key: get(row, "key"), Hash: get(row, "hash")}
+		if sc := get(row, "scopes"); sc != "" {
+			k.Scopes = strings.Fields(sc)
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
 }
 
 func printJSON(w io.Writer, v any) error {
@@ -264,6 +403,18 @@ func (c adminClient) CreateAccount(_ context.Context, req AccountRequest) (Accou
 
 func (c adminClient) GetAccount(_ context.Context, id string) (Account, error) {
 	return adminCall[Account](c, http.MethodGet, adminPrefix+"accounts/"+url.PathEscape(id), nil)
+}
+
+func (c adminClient) UpdateAccount(_ context.Context, id string, req AccountUpdate) (Account, error) {
+	return adminCall[Account](c, http.MethodPatch, adminPrefix+"accounts/"+url.PathEscape(id), req)
+}
+
+func (c adminClient) RollKey(_ context.Context, id string, req RollRequest) (CreatedKey, error) {
+	return adminCall[CreatedKey](c, http.MethodPost, adminPrefix+"keys/"+url.PathEscape(id)+"/roll", req)
+}
+
+func (c adminClient) ImportKeys(_ context.Context, req ImportRequest) (ImportResult, error) {
+	return adminCall[ImportResult](c, http.MethodPost, adminPrefix+"keys/import", req)
 }
 
 func (c adminClient) CreateKey(_ context.Context, req KeyRequest) (CreatedKey, error) {

@@ -21,6 +21,7 @@ const (
 	outcomeUnavailable
 	outcomeRateLimited
 	outcomeUnknownPlan
+	outcomeForbidden // built per scope rule: see scopeRule
 	numOutcomes
 )
 
@@ -42,28 +43,33 @@ const (
 
 var rejections [numOutcomes]rejection
 
+// newRejection builds an error response once, for writing many times.
+func newRejection(status int, wwwAuth, retryAfter, typ, code, message string) rejection {
+	var doc struct {
+		Error struct {
+			Type    string `json:"type"`
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	doc.Error.Type, doc.Error.Code, doc.Error.Message = typ, code, message
+	body, err := json.Marshal(doc)
+	if err != nil {
+		panic(err) // strings always marshal
+	}
+	r := rejection{status: status, body: body, length: []string{strconv.Itoa(len(body))}}
+	if wwwAuth != "" {
+		r.wwwAuth = []string{wwwAuth}
+	}
+	if retryAfter != "" {
+		r.retryAfter = []string{retryAfter}
+	}
+	return r
+}
+
 func init() {
 	def := func(o outcome, status int, wwwAuth, retryAfter, typ, code, message string) {
-		var doc struct {
-			Error struct {
-				Type    string `json:"type"`
-				Code    string `json:"code"`
-				Message string `json:"message"`
-			} `json:"error"`
-		}
-		doc.Error.Type, doc.Error.Code, doc.Error.Message = typ, code, message
-		body, err := json.Marshal(doc)
-		if err != nil {
-			panic(err)
-		}
-		r := rejection{status: status, body: body, length: []string{strconv.Itoa(len(body))}}
-		if wwwAuth != "" {
-			r.wwwAuth = []string{wwwAuth}
-		}
-		if retryAfter != "" {
-			r.retryAfter = []string{retryAfter}
-		}
-		rejections[o] = r
+		rejections[o] = newRejection(status, wwwAuth, retryAfter, typ, code, message)
 	}
 	def(outcomeMissing, http.StatusUnauthorized, challenge, "",
 		"authentication_error", "missing_api_key",
@@ -94,10 +100,11 @@ func init() {
 		"Your account's plan is not configured on this gateway, so the request cannot be rate-limited and was not sent. This is a server-side problem; contact support.")
 }
 
-// writeRejection writes the error response of an outcome. It is the one
-// place where an auth failure becomes an HTTP response.
-func writeRejection(w http.ResponseWriter, o outcome) {
-	r := &rejections[o]
+// writeRejection writes the error response of an outcome. With write, it
+// is the one place where an auth failure becomes an HTTP response.
+func writeRejection(w http.ResponseWriter, o outcome) { rejections[o].write(w) }
+
+func (r *rejection) write(w http.ResponseWriter) {
 	h := w.Header()
 	h["Content-Type"] = jsonContentType
 	h["Content-Length"] = r.length

@@ -2,8 +2,10 @@ package postscale
 
 import (
 	"context"
+
 	"errors"
 	"fmt"
+	"github.com/caddyserver/caddy/v2"
 	"math"
 	"regexp"
 	"strings"
@@ -49,12 +51,55 @@ type KeyRequest struct {
 	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 }
 
-// CreatedKey is the answer to a key creation: the record and, this once,
-// the key itself.
+// CreatedKey is the answer to a key creation or roll: the record and,
+// this once, the key itself.
 type CreatedKey struct {
 	KeyRecord
 	Key string `json:"key"`
+	// Replaces is the rolled key, with its new expiry (rolls only).
+	Replaces *KeyRecord `json:"replaces,omitempty"`
 }
+
+// AccountUpdate changes an account; absent fields keep their value.
+type AccountUpdate struct {
+	Plan  *string  `json:"plan,omitempty"`
+	Rate  *float64 `json:"rate,omitempty"`
+	Burst *int     `json:"burst,omitempty"`
+}
+
+// RollRequest rolls a key: the old key keeps working for ExpiresIn (a Go
+// duration such as "24h"; default 24h; "0s" ends it at once), then answers
+// expired_api_key.
+type RollRequest struct {
+	ExpiresIn string `json:"expires_in,omitempty"`
+}
+
+// DefaultRollGrace is how long a rolled key keeps working by default.
+const DefaultRollGrace = 24 * time.Hour
+
+// ImportRequest imports keys of the legacy system.
+type ImportRequest struct {
+	Keys []ImportedKey `json:"keys"`
+}
+
+// ImportedKey is one legacy key: its plaintext (hashed at once, never
+// stored) or the SHA-256 of it in hex.
+type ImportedKey struct {
+	Account string   `json:"account"`
+	Name    string   `json:"name"`
+	Mode    string   `json:"mode,omitempty"` // required with hash; with key, must match its prefix
+	Key     string   `json:"key,omitempty"`
+	Hash    string   `json:"hash,omitempty"`
+	Scopes  []string `json:"scopes,omitempty"`
+}
+
+// ImportResult lists the records an import created.
+type ImportResult struct {
+	Imported []KeyRecord `json:"imported"`
+}
+
+// maxImport bounds one import request.
+const maxImport = 10000
 
 // Manager is what the admin API serves and the CLI calls: the management
 // operations on accounts and keys. Errors are *InputError for bad input,
@@ -63,10 +108,13 @@ type CreatedKey struct {
 type Manager interface {
 	CreateAccount(ctx context.Context, req AccountRequest) (Account, error)
 	GetAccount(ctx context.Context, id string) (Account, error)
+	UpdateAccount(ctx context.Context, id string, req AccountUpdate) (Account, error)
 	CreateKey(ctx context.Context, req KeyRequest) (CreatedKey, error)
 	ListKeys(ctx context.Context, account string) ([]KeyRecord, error)
 	GetKey(ctx context.Context, id string) (KeyRecord, error)
 	RevokeKey(ctx context.Context, id string) (KeyRecord, error)
+	RollKey(ctx context.Context, id string, req RollRequest) (CreatedKey, error)
+	ImportKeys(ctx context.Context, req ImportRequest) (ImportResult, error)
 }
 
 // storeManager runs the management operations against a store. The admin
@@ -91,21 +139,8 @@ func (m storeManager) CreateAccount(ctx context.Context, req AccountRequest) (Ac
 	if !accountIDPattern.MatchString(req.ID) {
 		return Account{}, badInput("id", "must be 1 to 64 characters of A-Z, a-z, 0-9, _ and -")
 	}
-	if !planNamePattern.MatchString(req.Plan) {
-		return Account{}, badInput("plan", "must name a plan: 1 to 32 characters of a-z, 0-9, _ and - (e.g. starter, growth, scale, enterprise)")
-	}
-	if req.Plan == "enterprise" {
-		if !(req.Rate > 0) || math.IsInf(req.Rate, 0) {
-			return Account{}, badInput("rate", "an enterprise account needs a rate in requests per second greater than 0")
-		}
-		if req.Burst < 0 {
-			return Account{}, badInput("burst", "must not be negative")
-		}
-		if req.Burst == 0 {
-			req.Burst = int(math.Ceil(req.Rate))
-		}
-	} else if req.Rate != 0 || req.Burst != 0 {
-		return Account{}, badInput("rate", "custom rate and burst are for the enterprise plan only; plan %q has its own", req.Plan)
+	if err := checkLimits(&req); err != nil {
+		return Account{}, err
 	}
 	a := Account{ID: req.ID, Plan: req.Plan, Rate: req.Rate, Burst: req.Burst, CreatedAt: now.UTC()}
 	if err := s.CreateAccount(ctx, a); err != nil {
@@ -115,6 +150,65 @@ func (m storeManager) CreateAccount(ctx context.Context, req AccountRequest) (Ac
 		return Account{}, err
 	}
 	return a, nil
+}
+
+// UpdateAccount changes an account's plan or limits. Running gateways apply
+// it from the account's next request on.
+func (m storeManager) UpdateAccount(ctx context.Context, id string, req AccountUpdate) (Account, error) {
+	a, err := m.store.GetAccount(ctx, id)
+	if err != nil {
+		return a, notFoundAs(err, "account", id)
+	}
+	next := AccountRequest{ID: id, Plan: a.Plan, Rate: a.Rate, Burst: a.Burst}
+	if req.Plan != nil && *req.Plan != a.Plan {
+		next.Plan = *req.Plan
+		if next.Plan != "enterprise" {
+			next.Rate, next.Burst = 0, 0 // custom limits belong to enterprise
+		} else if req.Rate == nil {
+			next.Burst = 0
+		}
+	}
+	if req.Rate != nil {
+		next.Rate = *req.Rate
+		if req.Burst == nil {
+			next.Burst = 0 // back to the default: the new rate
+		}
+	}
+	if req.Burst != nil {
+		next.Burst = *req.Burst
+	}
+	if err := checkLimits(&next); err != nil {
+		return Account{}, err
+	}
+	a.Plan, a.Rate, a.Burst = next.Plan, next.Rate, next.Burst
+	updated, err := m.store.UpdateAccount(ctx, a)
+	if err != nil {
+		return updated, notFoundAs(err, "account", id)
+	}
+	m.notify(Change{Account: id})
+	return updated, nil
+}
+
+// checkLimits validates an account's plan, rate and burst, and fills in
+// the default burst of an enterprise account.
+func checkLimits(req *AccountRequest) error {
+	if !planNamePattern.MatchString(req.Plan) {
+		return badInput("plan", "must name a plan: 1 to 32 characters of a-z, 0-9, _ and - (e.g. starter, growth, scale, enterprise)")
+	}
+	if req.Plan == "enterprise" {
+		if !(req.Rate > 0) || math.IsInf(req.Rate, 0) {
+			return badInput("rate", "an enterprise account needs a rate in requests per second greater than 0")
+		}
+		if req.Burst < 0 {
+			return badInput("burst", "must not be negative")
+		}
+		if req.Burst == 0 {
+			req.Burst = int(math.Ceil(req.Rate))
+		}
+	} else if req.Rate != 0 || req.Burst != 0 {
+		return badInput("rate", "custom rate and burst are for the enterprise plan only; plan %q has its own", req.Plan)
+	}
+	return nil
 }
 
 // GetAccount returns an account.
@@ -147,8 +241,8 @@ func (m storeManager) CreateKey(ctx context.Context, req KeyRequest) (CreatedKey
 		return CreatedKey{}, badInput("expires_at", "must be in the future")
 	}
 	for _, sc := range req.Scopes {
-		if sc == "" || strings.ContainsFunc(sc, func(r rune) bool { return r <= ' ' || r == '"' || r == '\\' || r > '~' }) {
-			return CreatedKey{}, badInput("scopes", "a scope is printable ASCII without spaces or quotes, e.g. emails:send")
+		if !validScope(sc) {
+			return CreatedKey{}, badInput("scopes", "a scope is 1 to 64 characters of printable ASCII without spaces, quotes or backslashes, e.g. emails:send")
 		}
 	}
 	if _, err := s.GetAccount(ctx, req.Account); err != nil {
@@ -157,28 +251,9 @@ func (m storeManager) CreateKey(ctx context.Context, req KeyRequest) (CreatedKey
 		}
 		return CreatedKey{}, err
 	}
-	plaintext, err := NewKey(mode)
+	rec, plaintext, err := issueKey(req.Account, name, mode, req.Scopes, req.ExpiresAt, now)
 	if err != nil {
 		return CreatedKey{}, err
-	}
-	id, err := newID("key_")
-	if err != nil {
-		return CreatedKey{}, err
-	}
-	rec := KeyRecord{
-		ID:        id,
-		Account:   req.Account,
-		Name:      name,
-		Mode:      mode,
-		Scopes:    req.Scopes,
-		Redacted:  Redact(plaintext),
-		CreatedAt: now.UTC(),
-		ExpiresAt: req.ExpiresAt,
-		Hash:      HashKey(plaintext),
-	}
-	if rec.ExpiresAt != nil {
-		t := rec.ExpiresAt.UTC()
-		rec.ExpiresAt = &t
 	}
 	if err := s.CreateKey(ctx, rec); err != nil {
 		return CreatedKey{}, err
@@ -186,6 +261,145 @@ func (m storeManager) CreateKey(ctx context.Context, req KeyRequest) (CreatedKey
 	// Drop a cached "unknown key" for this hash, however unlikely.
 	m.notify(Change{KeyHash: rec.Hash})
 	return CreatedKey{KeyRecord: rec, Key: plaintext}, nil
+}
+
+// issueKey makes a new key and its record.
+func issueKey(account, name string, mode Mode, scopes []string, expires *time.Time, now time.Time) (KeyRecord, string, error) {
+	plaintext, err := NewKey(mode)
+	if err != nil {
+		return KeyRecord{}, "", err
+	}
+	id, err := newID("key_")
+	if err != nil {
+		return KeyRecord{}, "", err
+	}
+	rec := KeyRecord{
+		ID:        id,
+		Account:   account,
+		Name:      name,
+		Mode:      mode,
+		Scopes:    scopes,
+		Redacted:  Redact(plaintext),
+		CreatedAt: now.UTC(),
+		Hash:      HashKey(plaintext),
+	}
+	if expires != nil {
+		t := expires.UTC()
+		rec.ExpiresAt = &t
+	}
+	return rec, plaintext, nil
+}
+
+// RollKey issues a replacement for a key, with the same account, name,
+// mode and scopes; the old key keeps working for the grace period, with
+// Deprecation and Sunset on its responses, then expires.
+func (m storeManager) RollKey(ctx context.Context, id string, req RollRequest) (CreatedKey, error) {
+	now := m.now()
+	grace := DefaultRollGrace
+	if req.ExpiresIn != "" {
+		d, err := caddy.ParseDuration(req.ExpiresIn)
+		if err != nil || d < 0 {
+			return CreatedKey{}, badInput("expires_in", "must be a duration such as \"24h\" or \"30m\" (0s ends the old key at once)")
+		}
+		grace = d
+	}
+	old, err := m.store.GetKey(ctx, id)
+	if err != nil {
+		return CreatedKey{}, notFoundAs(err, "key", id)
+	}
+	switch {
+	case old.RevokedAt != nil:
+		return CreatedKey{}, fmt.Errorf("key %q is revoked and cannot be rolled: %w", id, ErrConflict)
+	case old.ExpiresAt != nil && !old.ExpiresAt.After(now):
+		return CreatedKey{}, fmt.Errorf("key %q has expired and cannot be rolled: %w", id, ErrConflict)
+	}
+	rec, plaintext, err := issueKey(old.Account, old.Name, old.Mode, old.Scopes, nil, now)
+	if err != nil {
+		return CreatedKey{}, err
+	}
+	updated, err := m.store.RollKey(ctx, id, rec, now.Add(grace))
+	if err != nil {
+		return CreatedKey{}, notFoundAs(err, "key", id)
+	}
+	m.notify(Change{KeyHash: old.Hash})
+	m.notify(Change{KeyHash: rec.Hash})
+	return CreatedKey{KeyRecord: rec, Key: plaintext, Replaces: &updated}, nil
+}
+
+// ImportKeys stores keys of the legacy system, all or none. Plaintext keys
+// are hashed here and never stored; imported keys authenticate only with
+// legacy_keys on.
+func (m storeManager) ImportKeys(ctx context.Context, req ImportRequest) (ImportResult, error) {
+	now := m.now()
+	if len(req.Keys) == 0 || len(req.Keys) > maxImport {
+		return ImportResult{}, badInput("keys", "must list 1 to %d keys", maxImport)
+	}
+	recs := make([]KeyRecord, len(req.Keys))
+	accounts := map[string]bool{}
+	for i, in := range req.Keys {
+		field := func(name string) string { return fmt.Sprintf("keys[%d].%s", i, name) }
+		rec := KeyRecord{Account: in.Account, Name: strings.TrimSpace(in.Name), Scopes: in.Scopes, Legacy: true, CreatedAt: now.UTC()}
+		if rec.Name == "" || len([]rune(rec.Name)) > maxKeyNameLen || strings.IndexFunc(rec.Name, unicode.IsControl) >= 0 {
+			return ImportResult{}, badInput(field("name"), "is required: at most %d characters, without control characters", maxKeyNameLen)
+		}
+		for _, sc := range in.Scopes {
+			if !validScope(sc) {
+				return ImportResult{}, badInput(field("scopes"), "a scope is 1 to 64 characters of printable ASCII without spaces, quotes or backslashes")
+			}
+		}
+		var mode Mode
+		if in.Mode != "" {
+			var err error
+			if mode, err = ParseMode(in.Mode); err != nil {
+				return ImportResult{}, badInput(field("mode"), "must be \"live\" or \"test\"")
+			}
+		}
+		switch {
+		case (in.Key == "") == (in.Hash == ""):
+			return ImportResult{}, badInput(field("key"), "give the key or its SHA-256 hash (\"hash\"), not both")
+		case in.Key != "":
+			k, err := ParseKey(in.Key, true)
+			if err != nil {
+				return ImportResult{}, badInput(field("key"), "is not a ps_live_… or ps_test_… key")
+			}
+			if mode != 0 && mode != k.Mode {
+				return ImportResult{}, badInput(field("mode"), "does not match the key's prefix")
+			}
+			mode, rec.Hash, rec.Redacted = k.Mode, k.Hash, Redact(in.Key)
+		default:
+			if mode == 0 {
+				return ImportResult{}, badInput(field("mode"), "is required with a hash")
+			}
+			h, err := ParseHashHex(in.Hash)
+			if err != nil {
+				return ImportResult{}, badInput(field("hash"), "must be the SHA-256 of the key as 64 hex digits")
+			}
+			rec.Hash, rec.Redacted = h, "ps_"+mode.String()+"_…"
+		}
+		rec.Mode = mode
+		id, err := newID("key_")
+		if err != nil {
+			return ImportResult{}, err
+		}
+		rec.ID = id
+		recs[i] = rec
+		accounts[in.Account] = true
+	}
+	for a := range accounts {
+		if _, err := m.store.GetAccount(ctx, a); err != nil {
+			return ImportResult{}, notFoundAs(err, "account", a)
+		}
+	}
+	if err := m.store.CreateKeys(ctx, recs); err != nil {
+		if errors.Is(err, ErrExists) {
+			return ImportResult{}, fmt.Errorf("a key in the import is already in the store: %w", ErrExists)
+		}
+		return ImportResult{}, err
+	}
+	for _, r := range recs {
+		m.notify(Change{KeyHash: r.Hash})
+	}
+	return ImportResult{Imported: recs}, nil
 }
 
 // ListKeys lists an account's keys.

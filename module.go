@@ -56,6 +56,12 @@ type Handler struct {
 	// with their own rate (enterprise) use that instead.
 	Plans map[string]Plan `json:"plans,omitempty"`
 
+	// RequireScopes says which scope which requests need. A key with
+	// scopes gets 403 insufficient_scope for a request that a rule matches
+	// unless it carries that rule's scope; a key without scopes is a
+	// full-access key. Default: none (every key has full access).
+	RequireScopes []ScopeRule `json:"require_scopes,omitempty"`
+
 	store   Store
 	keys    *keyring
 	buckets *buckets
@@ -100,6 +106,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.store = mod.(Store)
 	if err := h.resolvePlans(); err != nil {
 		return err
+	}
+	for i := range h.RequireScopes {
+		if err := h.RequireScopes[i].provision(ctx); err != nil {
+			return err
+		}
 	}
 	h.keys, err = loadKeyring(h.store, ctx.Logger().Named("keyring"))
 	if err != nil {
@@ -182,6 +193,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 
+	wh := w.Header()
+	if e.deprecation != nil {
+		wh["Deprecation"] = e.deprecation
+		wh["Sunset"] = e.sunset
+	}
+	if len(e.scopes) > 0 && len(h.RequireScopes) > 0 {
+		rule, err := missingScope(h.RequireScopes, e.scopes, r)
+		if err != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, err)
+		}
+		if rule != nil {
+			rule.rejection.write(w)
+			return nil
+		}
+	}
+
 	l := e.custom
 	if l == nil {
 		if l = h.limits[e.plan]; l == nil {
@@ -194,7 +221,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 	st := h.buckets.take(bucketKey{account: e.accountID, mode: e.mode}, l, now)
-	wh := w.Header()
 	wh["Ratelimit-Policy"] = l.policy
 	wh["Ratelimit"] = []string{rateLimitHeader(l, st)}
 	if !st.admitted {
@@ -202,6 +228,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		writeRejection(w, outcomeRateLimited)
 		return nil
 	}
+	h.keys.countRequest(e, now)
 
 	hdr := r.Header
 	hdr["Postscale-Mode"] = e.modeHdr

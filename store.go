@@ -15,6 +15,9 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrExists means a record with that id (or key hash) already exists.
 	ErrExists = errors.New("already exists")
+	// ErrConflict means the record is in a state that forbids the
+	// operation (e.g. rolling a revoked key).
+	ErrConflict = errors.New("conflict")
 )
 
 // Store keeps accounts and key records. Stores are guest modules in the
@@ -40,9 +43,16 @@ type Store interface {
 	// GetAccount returns the account with that id, or ErrNotFound.
 	GetAccount(ctx context.Context, id string) (Account, error)
 
+	// UpdateAccount changes an account's plan and limits and returns the
+	// updated account, or ErrNotFound.
+	UpdateAccount(ctx context.Context, a Account) (Account, error)
+
 	// CreateKey adds a key record, or returns ErrExists if its id or hash
 	// is taken, or ErrNotFound if its account does not exist.
 	CreateKey(ctx context.Context, k KeyRecord) error
+	// CreateKeys adds several key records, all or none (as for an import),
+	// with the errors of CreateKey.
+	CreateKeys(ctx context.Context, keys []KeyRecord) error
 	// GetKey returns the key record with that id, or ErrNotFound.
 	GetKey(ctx context.Context, id string) (KeyRecord, error)
 	// ListKeys returns the keys of an account, oldest first (an empty list
@@ -52,6 +62,15 @@ type Store interface {
 	// updated record, or ErrNotFound. Revoking a revoked key keeps the
 	// first revocation time.
 	RevokeKey(ctx context.Context, id string, at time.Time) (KeyRecord, error)
+	// RollKey stores the replacement key next and, in the same transaction,
+	// marks the key id deprecated at next.CreatedAt and expiring at
+	// expires (or sooner, if it already expired sooner). It returns the
+	// updated old record, or ErrNotFound.
+	RollKey(ctx context.Context, id string, next KeyRecord, expires time.Time) (KeyRecord, error)
+	// RecordUsage adds request counts and moves last_used_at forward for
+	// the given keys. It is called in batches, off the request path, and
+	// is not a change that caches need to hear about.
+	RecordUsage(ctx context.Context, usage []Usage) error
 
 	// Watch calls fn for every change to a key or an account made through
 	// any process sharing the store, from the moment Watch is called until
@@ -66,6 +85,13 @@ type Store interface {
 type Change struct {
 	KeyHash [sha256.Size]byte // zero when the change is to an account
 	Account string            // the account changed; empty for a key change
+}
+
+// Usage is what one key did since the last flush.
+type Usage struct {
+	KeyID    string
+	Requests int64
+	LastUsed time.Time
 }
 
 // Account is a customer account. Its plan names a rate-limit plan.
@@ -95,6 +121,12 @@ type KeyRecord struct {
 	ExpiresAt  *time.Time `json:"expires_at,omitempty"`
 	RevokedAt  *time.Time `json:"revoked_at,omitempty"`
 	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
+	// DeprecatedAt is when the key was rolled: from then until ExpiresAt
+	// its responses carry Deprecation and Sunset.
+	DeprecatedAt *time.Time `json:"deprecated_at,omitempty"`
+	// Requests counts the requests the key made (flushed in batches, so
+	// up to a flush interval behind).
+	Requests int64 `json:"requests"`
 
 	// Hash is SHA-256 of the whole key. It is never sent out.
 	Hash [sha256.Size]byte `json:"-"`

@@ -95,6 +95,16 @@ func OpenSQLiteStore(path string) (*SQLiteStore, error) {
 	return &SQLiteStore{Path: path, db: db, PollInterval: caddy.Duration(250 * time.Millisecond), logger: zap.NewNop()}, nil
 }
 
+// retain keeps the database open, even past this config's Cleanup, until
+// the returned function is called: the keyring uses it to flush the last
+// usage counts on shutdown.
+func (s *SQLiteStore) retain() func() {
+	if _, _, err := sqliteDBs.LoadOrNew(s.Path, func() (caddy.Destructor, error) { return s.db, nil }); err != nil {
+		return func() {}
+	}
+	return func() { _, _ = sqliteDBs.Delete(s.Path) }
+}
+
 // Close closes a store opened with OpenSQLiteStore.
 func (s *SQLiteStore) Close() error { return s.db.Destruct() }
 
@@ -167,6 +177,7 @@ var sqliteMigrations = []string{
 		account  TEXT,
 		at       INTEGER NOT NULL
 	);`,
+	`ALTER TABLE keys ADD COLUMN deprecated_at INTEGER;`,
 }
 
 // migrate brings the schema up to date inside one write transaction, so two
@@ -200,7 +211,7 @@ func (d *sqliteDB) migrate() error {
 const changeRetention = time.Hour
 
 const keyColumns = `k.id, k.hash, k.account, k.name, k.mode, k.scopes, k.redacted, k.legacy,
-	k.created_at, k.expires_at, k.revoked_at, k.last_used_at`
+	k.created_at, k.expires_at, k.revoked_at, k.last_used_at, k.deprecated_at, k.use_count`
 
 type rowScanner interface{ Scan(dest ...any) error }
 
@@ -211,9 +222,10 @@ func scanKey(row rowScanner, extra ...any) (KeyRecord, error) {
 		mode, scopes             string
 		created                  int64
 		expires, revoked, usedAt sql.NullInt64
+		deprecated               sql.NullInt64
 	)
 	dest := append([]any{&k.ID, &hash, &k.Account, &k.Name, &mode, &scopes, &k.Redacted, &k.Legacy,
-		&created, &expires, &revoked, &usedAt}, extra...)
+		&created, &expires, &revoked, &usedAt, &deprecated, &k.Requests}, extra...)
 	if err := row.Scan(dest...); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return k, ErrNotFound
@@ -227,6 +239,7 @@ func scanKey(row rowScanner, extra ...any) (KeyRecord, error) {
 	}
 	k.CreatedAt = time.Unix(0, created).UTC()
 	k.ExpiresAt, k.RevokedAt, k.LastUsedAt = nullTime(expires), nullTime(revoked), nullTime(usedAt)
+	k.DeprecatedAt = nullTime(deprecated)
 	return k, nil
 }
 
@@ -276,16 +289,91 @@ func (s *SQLiteStore) GetAccount(ctx context.Context, id string) (Account, error
 	return a, err
 }
 
-// CreateKey implements Store. The new key's hash goes into the change
-// table too, so that a watcher drops a cached "unknown key" answer for it.
-func (s *SQLiteStore) CreateKey(ctx context.Context, k KeyRecord) error {
-	return s.write(ctx, Change{KeyHash: k.Hash}, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO keys (id, hash, account, name, mode, scopes, redacted, legacy, created_at, expires_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			k.ID, k.Hash[:], k.Account, k.Name, k.Mode.String(), strings.Join(k.Scopes, " "), k.Redacted, k.Legacy,
-			k.CreatedAt.UnixNano(), timeArg(k.ExpiresAt))
-		return sqliteErr(err)
+// UpdateAccount implements Store.
+func (s *SQLiteStore) UpdateAccount(ctx context.Context, a Account) (Account, error) {
+	err := s.write(ctx, []Change{{Account: a.ID}}, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE accounts SET plan = ?, rate = ?, burst = ? WHERE id = ?`, a.Plan, a.Rate, a.Burst, a.ID)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return ErrNotFound
+		}
+		return nil
 	})
+	if err != nil {
+		return Account{}, err
+	}
+	return s.GetAccount(ctx, a.ID)
+}
+
+// CreateKey implements Store.
+func (s *SQLiteStore) CreateKey(ctx context.Context, k KeyRecord) error {
+	return s.CreateKeys(ctx, []KeyRecord{k})
+}
+
+// CreateKeys implements Store. The new keys' hashes go into the change
+// table too, so that watchers drop any cached "unknown key" answer for
+// them.
+func (s *SQLiteStore) CreateKeys(ctx context.Context, keys []KeyRecord) error {
+	changes := make([]Change, len(keys))
+	for i, k := range keys {
+		changes[i] = Change{KeyHash: k.Hash}
+	}
+	return s.write(ctx, changes, func(tx *sql.Tx) error {
+		for _, k := range keys {
+			if err := insertKey(ctx, tx, k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func insertKey(ctx context.Context, tx *sql.Tx, k KeyRecord) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO keys (id, hash, account, name, mode, scopes, redacted, legacy, created_at, expires_at, deprecated_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		k.ID, k.Hash[:], k.Account, k.Name, k.Mode.String(), strings.Join(k.Scopes, " "), k.Redacted, k.Legacy,
+		k.CreatedAt.UnixNano(), timeArg(k.ExpiresAt), timeArg(k.DeprecatedAt))
+	return sqliteErr(err)
+}
+
+// RollKey implements Store.
+func (s *SQLiteStore) RollKey(ctx context.Context, id string, next KeyRecord, expires time.Time) (KeyRecord, error) {
+	old, err := s.GetKey(ctx, id)
+	if err != nil {
+		return old, err
+	}
+	err = s.write(ctx, []Change{{KeyHash: old.Hash}, {KeyHash: next.Hash}}, func(tx *sql.Tx) error {
+		if err := insertKey(ctx, tx, next); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `UPDATE keys SET deprecated_at = COALESCE(deprecated_at, ?),
+			expires_at = CASE WHEN expires_at IS NOT NULL AND expires_at < ? THEN expires_at ELSE ? END WHERE id = ?`,
+			next.CreatedAt.UnixNano(), expires.UnixNano(), expires.UnixNano(), id)
+		return err
+	})
+	if err != nil {
+		return old, err
+	}
+	return s.GetKey(ctx, id)
+}
+
+// RecordUsage implements Store.
+func (s *SQLiteStore) RecordUsage(ctx context.Context, usage []Usage) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	for _, u := range usage {
+		if _, err := tx.ExecContext(ctx, `UPDATE keys SET use_count = use_count + ?,
+			last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?`,
+			u.Requests, u.LastUsed.UnixNano(), u.KeyID); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
 }
 
 // GetKey implements Store.
@@ -320,7 +408,7 @@ func (s *SQLiteStore) RevokeKey(ctx context.Context, id string, at time.Time) (K
 	if err != nil {
 		return k, err
 	}
-	err = s.write(ctx, Change{KeyHash: k.Hash}, func(tx *sql.Tx) error {
+	err = s.write(ctx, []Change{{KeyHash: k.Hash}}, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `UPDATE keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?`, at.UnixNano(), id)
 		return err
 	})
@@ -330,9 +418,9 @@ func (s *SQLiteStore) RevokeKey(ctx context.Context, id string, at time.Time) (K
 	return s.GetKey(ctx, id)
 }
 
-// write runs fn and records the change in one transaction, and prunes
+// write runs fn and records the changes in one transaction, and prunes
 // change rows no watcher needs any more.
-func (s *SQLiteStore) write(ctx context.Context, c Change, fn func(*sql.Tx) error) error {
+func (s *SQLiteStore) write(ctx context.Context, changes []Change, fn func(*sql.Tx) error) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -342,17 +430,18 @@ func (s *SQLiteStore) write(ctx context.Context, c Change, fn func(*sql.Tx) erro
 		return err
 	}
 	now := time.Now()
-	var hash any
-	if c.KeyHash != ([sha256.Size]byte{}) {
-		hash = c.KeyHash[:]
-	}
-	var account any
-	if c.Account != "" {
-		account = c.Account
-	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO changes (key_hash, account, at) VALUES (?, ?, ?)`,
-		hash, account, now.UnixNano()); err != nil {
-		return err
+	for _, c := range changes {
+		var hash, account any
+		if c.KeyHash != ([sha256.Size]byte{}) {
+			hash = c.KeyHash[:]
+		}
+		if c.Account != "" {
+			account = c.Account
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO changes (key_hash, account, at) VALUES (?, ?, ?)`,
+			hash, account, now.UnixNano()); err != nil {
+			return err
+		}
 	}
 	if _, err := tx.ExecContext(ctx, `DELETE FROM changes WHERE at < ?`, now.Add(-changeRetention).UnixNano()); err != nil {
 		return err
