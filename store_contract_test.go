@@ -342,6 +342,147 @@ func testStoreContract(t *testing.T, open func(t *testing.T) Store) {
 		})
 	})
 
+	t.Run("UpdateAccount", func(t *testing.T) {
+		t.Run("ChangesPlanAndLimits", func(t *testing.T) {
+			s := open(t)
+			a := contractCreateAccount(t, s, "acme")
+			k := contractCreateKey(t, s, "acme", contractT0)
+			a.Plan, a.Rate, a.Burst = "enterprise", 250, 400
+			got, err := s.UpdateAccount(t.Context(), a)
+			if err != nil {
+				t.Fatalf("UpdateAccount: %v", err)
+			}
+			contractCheckAccount(t, "UpdateAccount result", got, a)
+			_, ga, err := s.LookupKey(t.Context(), k.Hash)
+			if err != nil {
+				t.Fatalf("LookupKey: %v", err)
+			}
+			contractCheckAccount(t, "account seen through LookupKey", ga, a)
+		})
+		t.Run("Unknown", func(t *testing.T) {
+			s := open(t)
+			if _, err := s.UpdateAccount(t.Context(), Account{ID: "ghost", Plan: "growth"}); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("UpdateAccount(ghost): got %v, want ErrNotFound", err)
+			}
+		})
+		t.Run("Watched", func(t *testing.T) {
+			s := open(t)
+			a := contractCreateAccount(t, s, "acme")
+			w := contractStartWatch(t, s)
+			w.sync(t, s, "acme")
+			a.Plan = "scale"
+			if _, err := s.UpdateAccount(t.Context(), a); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(contractWatchTimeout)
+			for !w.seenAccount("acme") {
+				if time.Now().After(deadline) {
+					t.Fatalf("an account update was not reported by Watch within %v", contractWatchTimeout)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+	})
+
+	t.Run("CreateKeys", func(t *testing.T) {
+		t.Run("AllOrNone", func(t *testing.T) {
+			s := open(t)
+			contractCreateAccount(t, s, "acme")
+			existing := contractCreateKey(t, s, "acme", contractT0)
+			fresh := contractNewKey(t, "acme", ModeLive, contractT0)
+			dup := contractNewKey(t, "acme", ModeLive, contractT0)
+			dup.Hash = existing.Hash
+			if err := s.CreateKeys(t.Context(), []KeyRecord{fresh, dup}); !errors.Is(err, ErrExists) {
+				t.Fatalf("CreateKeys with a duplicate hash: got %v, want ErrExists", err)
+			}
+			if _, err := s.GetKey(t.Context(), fresh.ID); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("the good key of a failed CreateKeys was stored (GetKey: %v)", err)
+			}
+			if err := s.CreateKeys(t.Context(), []KeyRecord{fresh}); err != nil {
+				t.Fatalf("CreateKeys: %v", err)
+			}
+			got, err := s.GetKey(t.Context(), fresh.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			contractCheckKey(t, "key from CreateKeys", got, fresh)
+		})
+	})
+
+	t.Run("RollKey", func(t *testing.T) {
+		t.Run("MarksOldAndStoresNew", func(t *testing.T) {
+			s := open(t)
+			contractCreateAccount(t, s, "acme")
+			old := contractCreateKey(t, s, "acme", contractT0)
+			next := contractNewKey(t, "acme", ModeLive, contractT0.Add(time.Hour))
+			expires := contractT0.Add(25 * time.Hour)
+			got, err := s.RollKey(t.Context(), old.ID, next, expires)
+			if err != nil {
+				t.Fatalf("RollKey: %v", err)
+			}
+			if got.ExpiresAt == nil || !got.ExpiresAt.Equal(expires) || got.DeprecatedAt == nil || !got.DeprecatedAt.Equal(next.CreatedAt) {
+				t.Errorf("old key after roll: expires %s deprecated %s; want %s and %s",
+					contractFmtTimePtr(got.ExpiresAt), contractFmtTimePtr(got.DeprecatedAt), contractFmtTime(expires), contractFmtTime(next.CreatedAt))
+			}
+			stored, err := s.GetKey(t.Context(), next.ID)
+			if err != nil {
+				t.Fatalf("GetKey(replacement): %v", err)
+			}
+			contractCheckKey(t, "replacement", stored, next)
+		})
+		t.Run("KeepsEarlierExpiry", func(t *testing.T) {
+			s := open(t)
+			contractCreateAccount(t, s, "acme")
+			old := contractNewKey(t, "acme", ModeLive, contractT0)
+			soon := contractT0.Add(time.Hour)
+			old.ExpiresAt = &soon
+			if err := s.CreateKey(t.Context(), old); err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.RollKey(t.Context(), old.ID, contractNewKey(t, "acme", ModeLive, contractT0), contractT0.Add(48*time.Hour))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.ExpiresAt == nil || !got.ExpiresAt.Equal(soon) {
+				t.Errorf("expiry after roll: got %s, want the earlier %s", contractFmtTimePtr(got.ExpiresAt), contractFmtTime(soon))
+			}
+		})
+		t.Run("Unknown", func(t *testing.T) {
+			s := open(t)
+			contractCreateAccount(t, s, "acme")
+			next := contractNewKey(t, "acme", ModeLive, contractT0)
+			if _, err := s.RollKey(t.Context(), "key_ghost", next, contractT0); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("RollKey(unknown): got %v, want ErrNotFound", err)
+			}
+			if _, err := s.GetKey(t.Context(), next.ID); !errors.Is(err, ErrNotFound) {
+				t.Errorf("a failed roll stored its replacement")
+			}
+		})
+	})
+
+	t.Run("RecordUsage", func(t *testing.T) {
+		s := open(t)
+		contractCreateAccount(t, s, "acme")
+		k := contractCreateKey(t, s, "acme", contractT0)
+		later, earlier := contractT0.Add(2*time.Hour), contractT0.Add(time.Hour)
+		for _, batch := range [][]Usage{
+			{{KeyID: k.ID, Requests: 5, LastUsed: later}},
+			{{KeyID: k.ID, Requests: 2, LastUsed: earlier}, {KeyID: "key_ghost", Requests: 1, LastUsed: later}},
+		} {
+			if err := s.RecordUsage(t.Context(), batch); err != nil {
+				t.Fatalf("RecordUsage: %v", err)
+			}
+		}
+		got, err := s.GetKey(t.Context(), k.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Requests != 7 || got.LastUsedAt == nil || !got.LastUsedAt.Equal(later) {
+			t.Errorf("after usage batches: %d requests, last used %s; want 7 and %s (never moved back)",
+				got.Requests, contractFmtTimePtr(got.LastUsedAt), contractFmtTime(later))
+		}
+	})
+
 	t.Run("Watch", func(t *testing.T) {
 		t.Run("ReportsCreatedKey", func(t *testing.T) {
 			s := open(t)
@@ -575,6 +716,18 @@ func contractStartWatch(t *testing.T, s Store) *contractWatch {
 		}
 	})
 	return w
+}
+
+// seenAccount reports whether a change to the account was reported.
+func (w *contractWatch) seenAccount(id string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, c := range w.changes {
+		if c.Account == id {
+			return true
+		}
+	}
+	return false
 }
 
 // mark returns how many changes were reported so far.
