@@ -49,7 +49,8 @@ type entry struct {
 	modeVal, accountVal, keyVal, planVal, nameVal any
 }
 
-func newEntry(h [sha256.Size]byte, k KeyRecord, a Account) *entry {
+// newEntry builds the cache entry of a key found in the store at time now.
+func newEntry(h [sha256.Size]byte, k KeyRecord, a Account, now time.Time) *entry {
 	e := &entry{
 		hash:      h,
 		found:     true,
@@ -71,7 +72,7 @@ func newEntry(h [sha256.Size]byte, k KeyRecord, a Account) *entry {
 	e.scopes = k.Scopes
 	if a.Rate > 0 {
 		if p, err := (Plan{Rate: a.Rate, Burst: a.Burst}).withDefaultBurst(); err == nil {
-			e.custom = newLimit(a.Plan, p)
+			e.custom = newLimit(a.Plan, p, now)
 		}
 	}
 	one := func(s string) []string { return []string{s}[:1:1] }
@@ -280,7 +281,7 @@ func (k *keyring) load(ctx context.Context, h [sha256.Size]byte, gen uint64, ttl
 	var e *entry
 	switch {
 	case err == nil:
-		e = newEntry(h, rec, acct)
+		e = newEntry(h, rec, acct, time.Now())
 		e.usage = k.usageOf(rec.ID)
 	case errors.Is(err, ErrNotFound):
 		e, ttl = &entry{hash: h}, negTTL

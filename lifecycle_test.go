@@ -60,7 +60,7 @@ func TestRollKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := newEntry(rec.Hash, rec, acct)
+	e := newEntry(rec.Hash, rec, acct, now)
 	if got, want := e.deprecation, "@"+strconv.FormatInt(now.Unix(), 10); len(got) != 1 || got[0] != want {
 		t.Errorf("Deprecation: got %v, want %s", got, want)
 	}

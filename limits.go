@@ -57,10 +57,14 @@ type limit struct {
 	// refill is the time a bucket takes to refill from empty, in whole
 	// seconds (at least 1): the w of the policy.
 	window int64
+	// since is when this limit came into force (the config load, or the
+	// account update reaching the cache): a bucket that was under another
+	// limit switches to this one from then, not from its next request.
+	since time.Time
 }
 
-func newLimit(name string, p Plan) *limit {
-	l := &limit{name: name, rate: rate.Limit(p.Rate), burst: p.Burst}
+func newLimit(name string, p Plan, since time.Time) *limit {
+	l := &limit{name: name, rate: rate.Limit(p.Rate), burst: p.Burst, since: since}
 	l.window = max(1, int64(math.Ceil(float64(p.Burst)/p.Rate)))
 	l.policy = []string{fmt.Sprintf("%q;q=%d;w=%d", name, p.Burst, l.window)}
 	return l
@@ -116,14 +120,20 @@ const bucketShards = 64
 
 type bucketShard struct {
 	mu sync.Mutex
-	m  map[bucketKey]*rate.Limiter
+	m  map[bucketKey]*bucket
 	_  [40]byte // keep shards on separate cache lines
+}
+
+// bucket is one token bucket and the last time take used it.
+type bucket struct {
+	*rate.Limiter
+	touched time.Time
 }
 
 func newBuckets() *buckets {
 	b := &buckets{seed: maphash.MakeSeed()}
 	for i := range b.shards {
-		b.shards[i].m = make(map[bucketKey]*rate.Limiter)
+		b.shards[i].m = make(map[bucketKey]*bucket)
 	}
 	return b
 }
@@ -134,22 +144,30 @@ func (b *buckets) shard(k bucketKey) *bucketShard {
 }
 
 // take admits one request of bucket k under limit l at time now, or
-// rejects it without consuming anything. A change of l (a plan change)
-// applies to the bucket at once, keeping its tokens.
+// rejects it without consuming anything. A change of limit (a plan change)
+// applies to the bucket from the time the new limit came into force,
+// keeping the tokens it had then: no free burst, and no wait at the old
+// rate after an upgrade.
 func (b *buckets) take(k bucketKey, l *limit, now time.Time) state {
 	sh := b.shard(k)
 	sh.mu.Lock()
 	lim := sh.m[k]
 	if lim == nil {
-		lim = rate.NewLimiter(l.rate, l.burst) // full
+		lim = &bucket{Limiter: rate.NewLimiter(l.rate, l.burst)} // full
 		sh.m[k] = lim
-	} else {
-		if lim.Limit() != l.rate {
-			lim.SetLimitAt(now, l.rate)
+	} else if lim.Limit() != l.rate || lim.Burst() != l.burst {
+		switched := l.since
+		if switched.Before(lim.touched) {
+			switched = lim.touched
 		}
-		if lim.Burst() != l.burst {
-			lim.SetBurstAt(now, l.burst)
+		if switched.After(now) {
+			switched = now
 		}
+		lim.SetLimitAt(switched, l.rate)
+		lim.SetBurstAt(switched, l.burst)
+	}
+	if now.After(lim.touched) {
+		lim.touched = now
 	}
 	s := state{admitted: lim.AllowN(now, 1)}
 	tokens := lim.TokensAt(now)

@@ -17,7 +17,7 @@ func mustLimit(t testing.TB, name string, p Plan) *limit {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return newLimit(name, p)
+	return newLimit(name, p, time.Time{})
 }
 
 func TestBurstThenRefill(t *testing.T) {
@@ -175,6 +175,27 @@ func TestPlanChangeKeepsTokens(t *testing.T) {
 	// Downgraded: the bucket shrinks to the new burst at once.
 	if st := b.take(k, small, t0.Add(2*time.Second)); !st.admitted || st.remaining > 9 {
 		t.Fatalf("after downgrade: %+v; want admitted with r ≤ 9", st)
+	}
+}
+
+// TestUpgradeAppliesFromTheConfigChange: a bucket emptied under a slow plan
+// refills at the new plan's rate from the moment the new limit came into
+// force, not from the account's next request.
+func TestUpgradeAppliesFromTheConfigChange(t *testing.T) {
+	b := newBuckets()
+	k := bucketKey{account: "acme", mode: ModeLive}
+	slow, _ := Plan{Rate: 0.05, Burst: 2}.withDefaultBurst()
+	fast, _ := Plan{Rate: 100, Burst: 200}.withDefaultBurst()
+	before := newLimit("tiny", slow, t0)
+	after := newLimit("tiny", fast, t0.Add(time.Second)) // reloaded 1s later
+	b.take(k, before, t0)
+	b.take(k, before, t0)
+	if st := b.take(k, before, t0); st.admitted {
+		t.Fatal("slow bucket not exhausted")
+	}
+	st := b.take(k, after, t0.Add(3*time.Second))
+	if !st.admitted || st.remaining != 199 {
+		t.Fatalf("2s after the upgrade to 100/s: %+v; want admitted with r=199 (full at 200 after refilling from the reload on)", st)
 	}
 }
 

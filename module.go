@@ -137,6 +137,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // resolvePlans merges Plans over DefaultPlans into the limits the request
 // path uses.
 func (h *Handler) resolvePlans() error {
+	now := time.Now()
 	h.unknownPlans = new(sync.Map)
 	h.limits = make(map[string]*limit, len(DefaultPlans)+len(h.Plans))
 	for _, plans := range []map[string]Plan{DefaultPlans, h.Plans} {
@@ -145,7 +146,7 @@ func (h *Handler) resolvePlans() error {
 			if err != nil {
 				return fmt.Errorf("plans: %s: %w", name, err)
 			}
-			h.limits[name] = newLimit(name, p)
+			h.limits[name] = newLimit(name, p, now)
 		}
 	}
 	return nil
