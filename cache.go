@@ -144,18 +144,13 @@ func (k *keyring) run() {
 	if r, ok := k.store.(interface{ retain() func() }); ok {
 		k.release = r.retain()
 	}
-	k.done.Go(func() {
-		defer func() {
-			if p := recover(); p != nil {
-				k.logger.Error("store watcher panicked; revocations from other processes now wait for the cache TTL", zap.Any("panic", p))
-			}
-		}()
+	k.goSafe("store watcher; revocations from other processes now wait for the cache TTL", func() {
 		err := k.store.Watch(ctx, k.apply)
 		if err != nil && !errors.Is(err, context.Canceled) {
 			k.logger.Error("watching store changes stopped; revocations from other processes now wait for the cache TTL", zap.Error(err))
 		}
 	})
-	k.done.Go(func() {
+	k.goSafe("usage flusher; key usage is no longer written", func() {
 		t := time.NewTicker(usageFlushInterval)
 		defer t.Stop()
 		for {
@@ -166,6 +161,19 @@ func (k *keyring) run() {
 				k.flushUsage(ctx)
 			}
 		}
+	})
+}
+
+// goSafe runs fn in a goroutine that Destruct waits for, and turns a panic
+// into an error log instead of a crashed server.
+func (k *keyring) goSafe(what string, fn func()) {
+	k.done.Go(func() {
+		defer func() {
+			if p := recover(); p != nil {
+				k.logger.Error("panic in "+what, zap.Any("panic", p))
+			}
+		}()
+		fn()
 	})
 }
 
