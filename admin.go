@@ -52,6 +52,11 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	}
 	m := storeManager{store: k.store, now: time.Now, changed: k.apply}
 	ctx := r.Context()
+	if strings.HasPrefix(r.URL.Path, adminPrefix+"keys") {
+		// Key records show usage up to this request, not up to the last
+		// flush.
+		k.flushUsage(ctx)
+	}
 	// /postscale/<collection>[/<id>[/<action>]]
 	collection, id, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, adminPrefix), "/")
 	id, action, _ := strings.Cut(id, "/")
@@ -99,8 +104,6 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	case collection == "keys" && id == "" && r.Method == http.MethodGet:
 		out, err = m.ListKeys(ctx, r.URL.Query().Get("account"))
 	case collection == "keys" && id != "" && r.Method == http.MethodGet:
-		// Show usage up to this request, not up to the last flush.
-		k.flushUsage(ctx)
 		out, err = m.GetKey(ctx, id)
 	case collection == "keys" && id != "" && r.Method == http.MethodDelete:
 		out, err = m.RevokeKey(ctx, id)

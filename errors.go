@@ -57,6 +57,7 @@ func newRejection(status int, wwwAuth, retryAfter, typ, code, message string) re
 	if err != nil {
 		panic(err) // strings always marshal
 	}
+	body = append(body, '\n') // so a curl in a terminal ends its line
 	r := rejection{status: status, body: body, length: []string{strconv.Itoa(len(body))}}
 	if wwwAuth != "" {
 		r.wwwAuth = []string{wwwAuth}
