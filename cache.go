@@ -121,6 +121,7 @@ type keyring struct {
 const keyringCapacity = 1 << 17
 
 func newKeyring(store Store, logger *zap.Logger) (*keyring, error) {
+	initMetrics()
 	cache, err := ristretto.NewCache(&ristretto.Config[uint64, *entry]{
 		NumCounters:        10 * keyringCapacity,
 		MaxCost:            keyringCapacity,
@@ -265,8 +266,10 @@ func cacheIndex(h *[sha256.Size]byte) uint64 { return binary.LittleEndian.Uint64
 // could not answer; nothing is cached then.
 func (k *keyring) get(ctx context.Context, h *[sha256.Size]byte, ttl, negTTL time.Duration) (*entry, bool, error) {
 	if e, ok := k.cache.Get(cacheIndex(h)); ok && hashEqual(&e.hash, h) {
+		metrics.cacheHits.Inc()
 		return e, true, nil
 	}
+	metrics.cacheMisses.Inc()
 	gen := k.gen.Load()
 	var sfKey [sha256.Size + 8]byte
 	copy(sfKey[:], h[:])
@@ -285,7 +288,10 @@ func (k *keyring) load(ctx context.Context, h [sha256.Size]byte, gen uint64, ttl
 	// when the first of them goes away.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), k.lookupTimeout)
 	defer cancel()
+	metrics.storeLookups.Inc()
+	start := time.Now()
 	rec, acct, err := k.store.LookupKey(ctx, h)
+	metrics.lookupDuration.Observe(time.Since(start).Seconds())
 	var e *entry
 	switch {
 	case err == nil:

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 )
 
@@ -61,10 +62,17 @@ type limit struct {
 	// account update reaching the cache): a bucket that was under another
 	// limit switches to this one from then, not from its next request.
 	since time.Time
+	// admitted counts admitted requests of this plan, by mode, resolved
+	// once so the request path does no label lookup.
+	admitted [3]prometheus.Counter
 }
 
 func newLimit(name string, p Plan, since time.Time) *limit {
+	initMetrics()
 	l := &limit{name: name, rate: rate.Limit(p.Rate), burst: p.Burst, since: since}
+	for _, m := range []Mode{ModeLive, ModeTest} {
+		l.admitted[m] = metrics.requests.WithLabelValues(outcomeLabels[outcomeAdmitted], m.String(), name)
+	}
 	l.window = max(1, int64(math.Ceil(float64(p.Burst)/p.Rate)))
 	l.policy = []string{fmt.Sprintf("%q;q=%d;w=%d", name, p.Burst, l.window)}
 	return l

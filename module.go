@@ -104,6 +104,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("loading store: %w", err)
 	}
 	h.store = mod.(Store)
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
 	if err := h.resolvePlans(); err != nil {
 		return err
 	}
@@ -190,6 +193,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	now := time.Now()
 	e, o := h.check(r, now)
 	if o != outcomeAdmitted {
+		if e != nil {
+			countOutcome(o, e.mode, e.plan)
+		} else {
+			metrics.early[o].Inc()
+		}
 		writeRejection(w, o)
 		return nil
 	}
@@ -205,6 +213,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
 		if rule != nil {
+			countOutcome(outcomeForbidden, e.mode, e.plan)
 			rule.rejection.write(w)
 			return nil
 		}
@@ -217,6 +226,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 				h.logger.Error("account is on a plan this gateway does not know; its requests get 503 until the plan is configured",
 					zap.String("plan", e.plan), zap.String("account", e.accountID))
 			}
+			countOutcome(outcomeUnknownPlan, e.mode, e.plan)
 			writeRejection(w, outcomeUnknownPlan)
 			return nil
 		}
@@ -226,9 +236,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	wh["Ratelimit"] = []string{rateLimitHeader(l, st)}
 	if !st.admitted {
 		wh["Retry-After"] = []string{strconv.FormatInt(st.retryAfter, 10)}
+		countOutcome(outcomeRateLimited, e.mode, l.name)
 		writeRejection(w, outcomeRateLimited)
 		return nil
 	}
+	l.admitted[e.mode].Inc()
 	h.keys.countRequest(e, now)
 
 	hdr := r.Header
@@ -252,7 +264,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 }
 
 // check authenticates a request: it returns the key's cache entry and
-// outcomeAdmitted, or the outcome that rejects the request.
+// outcomeAdmitted, or the outcome that rejects the request (with the entry
+// when the key is known, for the metrics' mode and plan).
 func (h *Handler) check(r *http.Request, now time.Time) (*entry, outcome) {
 	dropClientHeaders(r.Header)
 	if r.URL.RawQuery != "" && credentialsInQuery(r.URL.RawQuery) {
@@ -277,9 +290,9 @@ func (h *Handler) check(r *http.Request, now time.Time) (*entry, outcome) {
 	case !e.found, e.legacy && !h.LegacyKeys:
 		return nil, outcomeInvalid
 	case e.revoked:
-		return nil, outcomeRevoked
+		return e, outcomeRevoked
 	case !e.expiresAt.IsZero() && !now.Before(e.expiresAt):
-		return nil, outcomeExpired
+		return e, outcomeExpired
 	}
 	return e, outcomeAdmitted
 }
