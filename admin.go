@@ -134,7 +134,19 @@ func decodeBody(r *http.Request, v any) error {
 	dec := json.NewDecoder(io.LimitReader(r.Body, maxAdminBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return badInput("body", "must be one JSON object of the documented fields: %v", err)
+		// The decoder's message may quote the input, which could hold a
+		// key: say where, not what.
+		var syntax *json.SyntaxError
+		var typ *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &syntax):
+			return badInput("body", "is not valid JSON (at byte %d)", syntax.Offset)
+		case errors.As(err, &typ):
+			return badInput(typ.Field, "has the wrong type: want %s", typ.Type)
+		case strings.HasPrefix(err.Error(), "json: unknown field"):
+			return badInput("body", "has a field this call does not take; see the documented fields")
+		}
+		return badInput("body", "must be one JSON object of the documented fields")
 	}
 	return nil
 }

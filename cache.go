@@ -36,15 +36,12 @@ type entry struct {
 	// plan's.
 	custom *limit
 	scopes []string // nil: full access
-	// Deprecation and Sunset response headers of a rolled key, else nil.
-	deprecation, sunset []string
+	// Deprecation and Sunset response header values of a rolled key, else
+	// empty.
+	deprecation, sunset string
 	// usage counts the key's requests until the next flush.
 	usage *usage
 
-	// Header values for the backend, each a one-element slice with no
-	// spare capacity, so that an append downstream copies instead of
-	// writing into the shared array.
-	modeHdr, accountHdr, keyHdr, planHdr []string
 	// Placeholder values, boxed once.
 	modeVal, accountVal, keyVal, planVal, nameVal any
 }
@@ -66,8 +63,8 @@ func newEntry(h [sha256.Size]byte, k KeyRecord, a Account, now time.Time) *entry
 		e.expiresAt = *k.ExpiresAt
 	}
 	if k.DeprecatedAt != nil && k.ExpiresAt != nil {
-		e.deprecation = []string{"@" + strconv.FormatInt(k.DeprecatedAt.Unix(), 10)}
-		e.sunset = []string{k.ExpiresAt.UTC().Format(http.TimeFormat)}
+		e.deprecation = "@" + strconv.FormatInt(k.DeprecatedAt.Unix(), 10)
+		e.sunset = k.ExpiresAt.UTC().Format(http.TimeFormat)
 	}
 	e.scopes = k.Scopes
 	if a.Rate > 0 {
@@ -75,8 +72,6 @@ func newEntry(h [sha256.Size]byte, k KeyRecord, a Account, now time.Time) *entry
 			e.custom = newLimit(a.Plan, p, now)
 		}
 	}
-	one := func(s string) []string { return []string{s}[:1:1] }
-	e.modeHdr, e.accountHdr, e.keyHdr, e.planHdr = one(k.Mode.String()), one(a.ID), one(k.ID), one(a.Plan)
 	e.modeVal, e.accountVal, e.keyVal, e.planVal, e.nameVal = k.Mode.String(), a.ID, k.ID, a.Plan, k.Name
 	return e
 }
@@ -98,8 +93,9 @@ type keyring struct {
 	group  singleflight.Group
 	logger *zap.Logger
 
-	mu  sync.RWMutex // held for writing while invalidating; for reading while filling
-	gen atomic.Uint64
+	mu     sync.RWMutex // held for writing while invalidating; for reading while filling
+	gen    atomic.Uint64
+	closed bool // under mu: the cache is closed, nothing to invalidate
 
 	// failing is true from a failed store lookup to the next good one, so
 	// that an outage is logged once each way, not per request.
@@ -109,7 +105,8 @@ type keyring struct {
 	lookupTimeout time.Duration
 
 	// usage holds a *usage per key id with requests not yet flushed.
-	usage sync.Map
+	usage   sync.Map
+	flushMu sync.Mutex
 	// release lets go of the store once the last usage is flushed.
 	release func()
 
@@ -192,7 +189,12 @@ func (k *keyring) Destruct() error {
 	if k.release != nil {
 		k.release()
 	}
+	// An admin request still holding this keyring (during a reload that
+	// dropped its store) must not touch the closed cache.
+	k.mu.Lock()
+	k.closed = true
 	k.cache.Close()
+	k.mu.Unlock()
 	return nil
 }
 
@@ -221,27 +223,47 @@ func (k *keyring) usageOf(keyID string) *usage {
 	}
 }
 
-// countRequest counts a request of e's key at now, without I/O.
+// countRequest counts a request of e's key at now, without I/O. The time
+// goes first, so a flush that sees the count also sees a time.
 func (k *keyring) countRequest(e *entry, now time.Time) {
 	u := e.usage
-	for u.count.Add(1) < 0 {
-		u = k.usageOf(e.keyID)
+	for {
+		u.last.Store(now.UnixNano())
+		if u.count.Add(1) > 0 {
+			return
+		}
+		u = k.usageOf(e.keyID) // dropped by a flush: count in the live one
 	}
-	u.last.Store(now.UnixNano())
 }
 
 // flushUsage writes the counts gathered since the last flush to the store.
 // Counts it cannot write are kept for the next flush.
 func (k *keyring) flushUsage(ctx context.Context) {
+	// One flush at a time: the ticker and admin reads both flush, and
+	// two walks dropping counters at once could lose one still in use.
+	k.flushMu.Lock()
+	defer k.flushMu.Unlock()
 	var batch []Usage
 	k.usage.Range(func(id, v any) bool {
 		u := v.(*usage)
-		if n := u.count.Swap(0); n > 0 {
-			batch = append(batch, Usage{KeyID: id.(string), Requests: n, LastUsed: time.Unix(0, u.last.Load()).UTC()})
-		} else if u.count.CompareAndSwap(0, usageDead) {
-			k.usage.CompareAndDelete(id, u)
+		for {
+			n := u.count.Load()
+			switch {
+			case n < 0: // already dropped
+				k.usage.CompareAndDelete(id, u)
+			case n == 0: // idle since the last flush: drop it
+				if !u.count.CompareAndSwap(0, usageDead) {
+					continue
+				}
+				k.usage.CompareAndDelete(id, u)
+			default:
+				if !u.count.CompareAndSwap(n, 0) {
+					continue
+				}
+				batch = append(batch, Usage{KeyID: id.(string), Requests: n, LastUsed: time.Unix(0, u.last.Load()).UTC()})
+			}
+			return true
 		}
-		return true
 	})
 	if len(batch) == 0 {
 		return
@@ -318,6 +340,10 @@ func (k *keyring) load(ctx context.Context, h [sha256.Size]byte, gen uint64, ttl
 
 // apply drops from the cache whatever a store change touched.
 func (k *keyring) apply(c Change) {
+	if c.All {
+		k.invalidateAll()
+		return
+	}
 	if c.Account != "" {
 		k.invalidateAccount(c.Account)
 	}
@@ -332,6 +358,9 @@ func (k *keyring) apply(c Change) {
 func (k *keyring) invalidate(h [sha256.Size]byte) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if k.closed {
+		return
+	}
 	k.gen.Add(1)
 	k.cache.Del(cacheIndex(&h))
 	k.cache.Wait()
@@ -340,12 +369,30 @@ func (k *keyring) invalidate(h [sha256.Size]byte) {
 // invalidateAccount drops every cached key of an account, e.g. after a
 // plan change.
 func (k *keyring) invalidateAccount(id string) {
+	k.invalidateWhere(func(e *entry) bool { return e.accountID == id })
+}
+
+// invalidateAll drops everything cached, when the store's change feed
+// may have missed changes (it just started, or lost its place).
+func (k *keyring) invalidateAll() {
+	k.invalidateWhere(func(*entry) bool { return true })
+}
+
+// invalidateWhere drops the cached entries drop selects. Like invalidate,
+// it bumps gen first, so no lookup that began before can re-cache one.
+func (k *keyring) invalidateWhere(match func(*entry) bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if k.closed {
+		return
+	}
 	k.gen.Add(1)
+	// Let ristretto apply the sets still in its buffer, so the walk below
+	// sees them; none can be added for the old generation any more.
+	k.cache.Wait()
 	var drop []uint64
 	k.cache.IterValues(func(e *entry) bool {
-		if e.accountID == id {
+		if match(e) {
 			drop = append(drop, cacheIndex(&e.hash))
 		}
 		return false

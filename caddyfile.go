@@ -11,10 +11,27 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
-func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+// parseCaddyfile sets up the directive. Its optional matcher does not
+// become the route's matcher, as with handler directives, but the
+// handler's Protect field: the handler then runs on every request, so it
+// strips client Postscale-* headers even where no key is needed.
+func parseCaddyfile(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error) {
+	if !h.Next() {
+		return nil, h.ArgErr()
+	}
+	matcherSet, err := h.ExtractMatcherSet()
+	if err != nil {
+		return nil, err
+	}
 	ps := new(Handler)
-	err := ps.UnmarshalCaddyfile(h.Dispenser)
-	return ps, err
+	if matcherSet != nil {
+		ps.ProtectRaw = caddyhttp.RawMatcherSets{matcherSet}
+	}
+	h.Dispenser.Reset()
+	if err := ps.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	return h.NewRoute(nil, ps), nil
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:

@@ -29,10 +29,10 @@ const (
 // flood of bad requests costs no allocation for the body.
 type rejection struct {
 	status     int
-	wwwAuth    []string // WWW-Authenticate, or nil
-	retryAfter []string // Retry-After, or nil
+	wwwAuth    string // WWW-Authenticate, or empty
+	retryAfter string // Retry-After, or empty
 	body       []byte
-	length     []string // Content-Length
+	length     string // Content-Length
 }
 
 const (
@@ -58,14 +58,7 @@ func newRejection(status int, wwwAuth, retryAfter, typ, code, message string) re
 		panic(err) // strings always marshal
 	}
 	body = append(body, '\n') // so a curl in a terminal ends its line
-	r := rejection{status: status, body: body, length: []string{strconv.Itoa(len(body))}}
-	if wwwAuth != "" {
-		r.wwwAuth = []string{wwwAuth}
-	}
-	if retryAfter != "" {
-		r.retryAfter = []string{retryAfter}
-	}
-	return r
+	return rejection{status: status, wwwAuth: wwwAuth, retryAfter: retryAfter, body: body, length: strconv.Itoa(len(body))}
 }
 
 func init() {
@@ -106,21 +99,19 @@ func init() {
 func writeRejection(w http.ResponseWriter, o outcome) { rejections[o].write(w) }
 
 func (r *rejection) write(w http.ResponseWriter) {
+	// One array of values per response: a header handler may rewrite a
+	// value in place, which must not reach the shared rejection.
+	vals := [...]string{"application/json", r.length, "no-store", r.wwwAuth, r.retryAfter}
 	h := w.Header()
-	h["Content-Type"] = jsonContentType
-	h["Content-Length"] = r.length
-	h["Cache-Control"] = noStore
-	if r.wwwAuth != nil {
-		h["Www-Authenticate"] = r.wwwAuth
+	h["Content-Type"] = vals[0:1:1]
+	h["Content-Length"] = vals[1:2:2]
+	h["Cache-Control"] = vals[2:3:3]
+	if r.wwwAuth != "" {
+		h["Www-Authenticate"] = vals[3:4:4]
 	}
-	if r.retryAfter != nil {
-		h["Retry-After"] = r.retryAfter
+	if r.retryAfter != "" {
+		h["Retry-After"] = vals[4:5:5]
 	}
 	w.WriteHeader(r.status)
 	_, _ = w.Write(r.body)
 }
-
-var (
-	jsonContentType = []string{"application/json"}
-	noStore         = []string{"no-store"}
-)

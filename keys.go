@@ -73,12 +73,11 @@ var (
 	errBadChecksum  = errors.New("API key checksum does not match")
 )
 
-// ParseKey checks the form of s and, unless it is a legacy key, its
-// checksum, without any store or cache lookup. With allowLegacy false only
-// issued keys (^ps_(live|test)_[0-9A-Za-z]{38}$ with a matching checksum)
-// parse; with it true, any ps_live_/ps_test_ key whose body is 1–128
-// characters of [0-9A-Za-z._~+/-] parses and is marked Legacy when its
-// checksum does not match.
+// ParseKey checks the form of s and, for the shape of an issued key
+// (^ps_(live|test)_[0-9A-Za-z]{38}$), its checksum, without any store or
+// cache lookup. With allowLegacy true, any other ps_live_/ps_test_ key
+// whose body is 1–128 characters of [0-9A-Za-z._~+/-] parses too, marked
+// Legacy.
 func ParseKey(s string, allowLegacy bool) (Key, error) {
 	var k Key
 	var body string
@@ -97,14 +96,15 @@ func ParseKey(s string, allowLegacy bool) (Key, error) {
 	// allocates nothing.
 	var buf [len("ps_live_") + maxLegacyBodyLen]byte
 	b := buf[:copy(buf[:], s)]
-	if len(body) == bodyLen && isBase62(body) && checksumOK(b) {
+	if len(body) == bodyLen && isBase62(body) {
+		// The shape of an issued key: its checksum decides, legacy or not.
+		if !checksumOK(b) {
+			return Key{}, errBadChecksum
+		}
 		k.Hash = sha256.Sum256(b)
 		return k, nil
 	}
 	if !allowLegacy {
-		if len(body) == bodyLen && isBase62(body) {
-			return Key{}, errBadChecksum
-		}
 		return Key{}, errMalformedKey
 	}
 	if len(body) == 0 || !isLegacyBody(body) {

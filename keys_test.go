@@ -101,7 +101,7 @@ func TestParseKey(t *testing.T) {
 		{name: "issued live key", key: good, wantMode: ModeLive},
 		{name: "bad checksum", key: badSum, wantErr: errBadChecksum},
 		{name: "changed body", key: badBody, wantErr: errBadChecksum},
-		{name: "bad checksum with legacy on is a legacy candidate", key: badSum, legacy: true, wantMode: ModeLive, wantLegcy: true},
+		{name: "bad checksum with legacy on", key: badSum, legacy: true, wantErr: errBadChecksum},
 		{name: "empty", key: "", wantErr: errMalformedKey},
 		{name: "prefix only", key: "ps_live_", wantErr: errMalformedKey},
 		{name: "prefix only, legacy on", key: "ps_live_", legacy: true, wantErr: errMalformedKey},

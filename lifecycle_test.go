@@ -61,10 +61,10 @@ func TestRollKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := newEntry(rec.Hash, rec, acct, now)
-	if got, want := e.deprecation, "@"+strconv.FormatInt(now.Unix(), 10); len(got) != 1 || got[0] != want {
+	if got, want := e.deprecation, "@"+strconv.FormatInt(now.Unix(), 10); got != want {
 		t.Errorf("Deprecation: got %v, want %s", got, want)
 	}
-	if got, want := e.sunset, wantExpiry.Format(http.TimeFormat); len(got) != 1 || got[0] != want {
+	if got, want := e.sunset, wantExpiry.Format(http.TimeFormat); got != want {
 		t.Errorf("Sunset: got %v, want %s", got, want)
 	}
 	if _, _, err := s.LookupKey(ctx, HashKey(rolled.Key)); err != nil {

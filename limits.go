@@ -34,13 +34,21 @@ var DefaultPlans = map[string]Plan{
 	"scale":   {Rate: 1000, Burst: 1000},
 }
 
+// Bounds of a plan, so that every number stays exact and fits: from one
+// request per ~17 minutes to a billion per second.
+const (
+	minRate  = 0.001
+	maxRate  = 1e9
+	maxBurst = 1_000_000_000
+)
+
 // withDefaultBurst fills in Burst and checks the plan.
 func (p Plan) withDefaultBurst() (Plan, error) {
-	if !(p.Rate > 0) || math.IsInf(p.Rate, 0) {
-		return p, fmt.Errorf("rate must be a number of requests per second greater than 0, got %v", p.Rate)
+	if !(p.Rate >= minRate && p.Rate <= maxRate) {
+		return p, fmt.Errorf("rate must be between %v and %v requests per second, got %v", minRate, maxRate, p.Rate)
 	}
-	if p.Burst < 0 {
-		return p, fmt.Errorf("burst must not be negative, got %d", p.Burst)
+	if p.Burst < 0 || p.Burst > maxBurst {
+		return p, fmt.Errorf("burst must be between 1 and %d (0: the rate), got %d", maxBurst, p.Burst)
 	}
 	if p.Burst == 0 {
 		p.Burst = int(math.Ceil(p.Rate))
@@ -54,7 +62,7 @@ type limit struct {
 	name   string
 	rate   rate.Limit
 	burst  int
-	policy []string // RateLimit-Policy value
+	policy string // RateLimit-Policy value
 	// refill is the time a bucket takes to refill from empty, in whole
 	// seconds (at least 1): the w of the policy.
 	window int64
@@ -74,7 +82,7 @@ func newLimit(name string, p Plan, since time.Time) *limit {
 		l.admitted[m] = metrics.requests.WithLabelValues(outcomeLabels[outcomeAdmitted], m.String(), name)
 	}
 	l.window = max(1, int64(math.Ceil(float64(p.Burst)/p.Rate)))
-	l.policy = []string{fmt.Sprintf("%q;q=%d;w=%d", name, p.Burst, l.window)}
+	l.policy = fmt.Sprintf("%q;q=%d;w=%d", name, p.Burst, l.window)
 	return l
 }
 
@@ -160,6 +168,12 @@ func (b *buckets) take(k bucketKey, l *limit, now time.Time) state {
 	sh := b.shard(k)
 	sh.mu.Lock()
 	lim := sh.m[k]
+	if lim != nil && now.Before(lim.touched) {
+		// A request that read the clock before a later one got here (its
+		// store lookup took a while): a limiter given an earlier time
+		// moves its clock back and would credit the same refill twice.
+		now = lim.touched
+	}
 	if lim == nil {
 		lim = &bucket{Limiter: rate.NewLimiter(l.rate, l.burst)} // full
 		sh.m[k] = lim
@@ -174,9 +188,7 @@ func (b *buckets) take(k bucketKey, l *limit, now time.Time) state {
 		lim.SetLimitAt(switched, l.rate)
 		lim.SetBurstAt(switched, l.burst)
 	}
-	if now.After(lim.touched) {
-		lim.touched = now
-	}
+	lim.touched = now
 	s := state{admitted: lim.AllowN(now, 1)}
 	tokens := lim.TokensAt(now)
 	sh.mu.Unlock()

@@ -120,7 +120,7 @@ func TestPolicyAndRateLimitHeaders(t *testing.T) {
 			for range tt.taken {
 				st = b.take(k, l, t0)
 			}
-			if got := l.policy[0]; got != tt.wantPolicy {
+			if got := l.policy; got != tt.wantPolicy {
 				t.Errorf("RateLimit-Policy: got %s, want %s", got, tt.wantPolicy)
 			}
 			if got := rateLimitHeader(l, st); got != tt.wantHeader {

@@ -196,11 +196,11 @@ func checkLimits(req *AccountRequest) error {
 		return badInput("plan", "must name a plan: 1 to 32 characters of a-z, 0-9, _ and - (e.g. starter, growth, scale, enterprise)")
 	}
 	if req.Plan == "enterprise" {
-		if !(req.Rate > 0) || math.IsInf(req.Rate, 0) {
-			return badInput("rate", "an enterprise account needs a rate in requests per second greater than 0")
+		if !(req.Rate >= minRate && req.Rate <= maxRate) {
+			return badInput("rate", "an enterprise account needs a rate between %v and %v requests per second", minRate, maxRate)
 		}
-		if req.Burst < 0 {
-			return badInput("burst", "must not be negative")
+		if req.Burst < 0 || req.Burst > maxBurst {
+			return badInput("burst", "must be between 1 and %d (0 or absent: the rate)", maxBurst)
 		}
 		if req.Burst == 0 {
 			req.Burst = int(math.Ceil(req.Rate))

@@ -27,6 +27,13 @@ import (
 // {postscale.key_id}, {postscale.plan}, {postscale.key_name} and
 // {http.auth.user.id} (the key id).
 type Handler struct {
+	// ProtectRaw selects the requests that need a key, as Caddy request
+	// matcher sets (any set may match); the Caddyfile fills it from the
+	// directive's matcher. Other requests go on without a key, but never
+	// with the Postscale-* headers a client sent. Default: every request
+	// needs a key.
+	ProtectRaw caddyhttp.RawMatcherSets `json:"protect,omitempty" caddy:"namespace=http.matchers"`
+
 	// StoreRaw is the key store, a module in the postscale.stores
 	// namespace. Default: the embedded SQLite store in Caddy's data
 	// directory ({"backend": "sqlite"}).
@@ -62,6 +69,7 @@ type Handler struct {
 	// full-access key. Default: none (every key has full access).
 	RequireScopes []ScopeRule `json:"require_scopes,omitempty"`
 
+	protect caddyhttp.MatcherSets
 	store   Store
 	keys    *keyring
 	buckets *buckets
@@ -95,6 +103,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.NegativeTTL == 0 {
 		h.NegativeTTL = caddy.Duration(DefaultNegativeTTL)
+	}
+	if h.ProtectRaw != nil {
+		mods, err := ctx.LoadModule(h, "ProtectRaw")
+		if err != nil {
+			return fmt.Errorf("loading protect matchers: %w", err)
+		}
+		if err := h.protect.FromInterface(mods); err != nil {
+			return fmt.Errorf("protect: %w", err)
+		}
 	}
 	if h.StoreRaw == nil {
 		h.StoreRaw = json.RawMessage(`{"backend":"sqlite"}`)
@@ -190,6 +207,16 @@ func (h *Handler) Cleanup() error {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	dropClientHeaders(r.Header)
+	if h.protect != nil {
+		protected, err := h.protect.AnyMatchWithError(r)
+		if err != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, err)
+		}
+		if !protected {
+			return next.ServeHTTP(w, r)
+		}
+	}
 	now := time.Now()
 	e, o := h.check(r, now)
 	if o != outcomeAdmitted {
@@ -202,10 +229,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 
+	// Header values are copied into one array per request: later handlers
+	// may rewrite a header value in place, which must not reach the
+	// cached entry.
+	vals := new([headerVals]string)
 	wh := w.Header()
-	if e.deprecation != nil {
-		wh["Deprecation"] = e.deprecation
-		wh["Sunset"] = e.sunset
+	if e.deprecation != "" {
+		wh["Deprecation"] = oneValue(vals, valDeprecation, e.deprecation)
+		wh["Sunset"] = oneValue(vals, valSunset, e.sunset)
 	}
 	if len(e.scopes) > 0 && len(h.RequireScopes) > 0 {
 		rule, err := missingScope(h.RequireScopes, e.scopes, r)
@@ -232,10 +263,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 	st := h.buckets.take(bucketKey{account: e.accountID, mode: e.mode}, l, now)
-	wh["Ratelimit-Policy"] = l.policy
-	wh["Ratelimit"] = []string{rateLimitHeader(l, st)}
+	wh["Ratelimit-Policy"] = oneValue(vals, valPolicy, l.policy)
+	wh["Ratelimit"] = oneValue(vals, valRateLimit, rateLimitHeader(l, st))
 	if !st.admitted {
-		wh["Retry-After"] = []string{strconv.FormatInt(st.retryAfter, 10)}
+		wh["Retry-After"] = oneValue(vals, valRetryAfter, strconv.FormatInt(st.retryAfter, 10))
 		countOutcome(outcomeRateLimited, e.mode, l.name)
 		writeRejection(w, outcomeRateLimited)
 		return nil
@@ -244,10 +275,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	h.keys.countRequest(e, now)
 
 	hdr := r.Header
-	hdr["Postscale-Mode"] = e.modeHdr
-	hdr["Postscale-Account-Id"] = e.accountHdr
-	hdr["Postscale-Key-Id"] = e.keyHdr
-	hdr["Postscale-Plan"] = e.planHdr
+	hdr["Postscale-Mode"] = oneValue(vals, valMode, e.mode.String())
+	hdr["Postscale-Account-Id"] = oneValue(vals, valAccount, e.accountID)
+	hdr["Postscale-Key-Id"] = oneValue(vals, valKey, e.keyID)
+	hdr["Postscale-Plan"] = oneValue(vals, valPlan, e.plan)
 	if !h.ForwardAuthorization {
 		delete(hdr, "Authorization")
 	}
@@ -263,11 +294,31 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return next.ServeHTTP(w, r)
 }
 
+// The values one request sets, in one array (see ServeHTTP).
+const (
+	valMode = iota
+	valAccount
+	valKey
+	valPlan
+	valPolicy
+	valRateLimit
+	valRetryAfter
+	valDeprecation
+	valSunset
+	headerVals
+)
+
+// oneValue puts v at vals[i] and returns it as a one-value header slice
+// without spare capacity, so an append downstream copies it.
+func oneValue(vals *[headerVals]string, i int, v string) []string {
+	vals[i] = v
+	return vals[i : i+1 : i+1]
+}
+
 // check authenticates a request: it returns the key's cache entry and
 // outcomeAdmitted, or the outcome that rejects the request (with the entry
 // when the key is known, for the metrics' mode and plan).
 func (h *Handler) check(r *http.Request, now time.Time) (*entry, outcome) {
-	dropClientHeaders(r.Header)
 	if r.URL.RawQuery != "" && credentialsInQuery(r.URL.RawQuery) {
 		return nil, outcomeCredentialsInURL
 	}
@@ -287,7 +338,9 @@ func (h *Handler) check(r *http.Request, now time.Time) (*entry, outcome) {
 		return nil, outcomeUnavailable
 	}
 	switch {
-	case !e.found, e.legacy && !h.LegacyKeys:
+	case !e.found, e.legacy && !h.LegacyKeys, e.mode != key.Mode:
+		// A record whose mode differs from the key's prefix (a hash
+		// imported with the wrong mode) must not turn test into live.
 		return nil, outcomeInvalid
 	case e.revoked:
 		return e, outcomeRevoked

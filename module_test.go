@@ -149,19 +149,32 @@ func TestHandlerTagsRequest(t *testing.T) {
 			t.Errorf("placeholder {%s}: got %q, want %q", k, got, want)
 		}
 	}
-	// An append downstream must not write into the cached entry's value.
+	// Later handlers may append to or rewrite header values in place
+	// (Caddy's header replace does): neither may reach the next request.
 	next.header = nil
 	r2, _ := newRequest(key)
 	_ = h.ServeHTTP(httptest.NewRecorder(), r2, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 		r.Header.Add("Postscale-Mode", "tampered")
+		r.Header["Postscale-Account-Id"][0] = "tampered"
+		r.Header["Postscale-Plan"][0] = "tampered"
+		w.Header()["Ratelimit-Policy"][0] = "tampered"
 		return nil
 	}))
+	w3 := httptest.NewRecorder()
 	r3, _ := newRequest(key)
-	if err := h.ServeHTTP(httptest.NewRecorder(), r3, next); err != nil {
+	if err := h.ServeHTTP(w3, r3, next); err != nil {
 		t.Fatal(err)
 	}
 	if got := next.header.Values("Postscale-Mode"); len(got) != 1 || got[0] != "live" {
 		t.Errorf("Postscale-Mode after a downstream append on an earlier request: got %q, want [live]", got)
+	}
+	for k, want := range map[string]string{"Postscale-Account-Id": "acme", "Postscale-Plan": "growth"} {
+		if got := next.header.Get(k); got != want {
+			t.Errorf("%s after a downstream rewrite on an earlier request: got %q, want %q", k, got, want)
+		}
+	}
+	if got := w3.Header().Get("RateLimit-Policy"); got != `"growth";q=100;w=1` {
+		t.Errorf("RateLimit-Policy after a downstream rewrite on an earlier request: got %q", got)
 	}
 }
 
@@ -247,5 +260,36 @@ func BenchmarkParseKey(b *testing.B) {
 		if _, err := ParseKey(key, false); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestProtectLeavesOpenPathsButStripsHeaders(t *testing.T) {
+	s := newFakeStore()
+	h := newTestHandler(t, s, nil)
+	h.protect = caddyhttp.MatcherSets{{caddyhttp.MatchPath{"/v1/*"}}}
+
+	next := &recordingNext{}
+	w := httptest.NewRecorder()
+	r, _ := newRequest("")
+	r.URL.Path = "/healthz"
+	r.Header.Set("Postscale-Account-Id", "victim")
+	if err := h.ServeHTTP(w, r, next); err != nil {
+		t.Fatal(err)
+	}
+	if w.Code != http.StatusAccepted || next.calls != 1 {
+		t.Fatalf("open path without a key: status %d, next called %d times; want it passed on", w.Code, next.calls)
+	}
+	if got := next.header.Get("Postscale-Account-Id"); got != "" {
+		t.Errorf("a client's Postscale-Account-Id reached the backend on an open path: %q", got)
+	}
+
+	w = httptest.NewRecorder()
+	r, _ = newRequest("")
+	r.URL.Path = "/v1/emails"
+	if err := h.ServeHTTP(w, r, next); err != nil {
+		t.Fatal(err)
+	}
+	if w.Code != http.StatusUnauthorized || next.calls != 1 {
+		t.Errorf("protected path without a key: status %d, next called %d times; want 401 and not passed on", w.Code, next.calls)
 	}
 }

@@ -23,7 +23,7 @@ func init() {
 	caddy.RegisterModule(new(App))
 	caddy.RegisterModule(adminAPI{})
 	caddy.RegisterModule(SQLiteStore{})
-	httpcaddyfile.RegisterHandlerDirective("postscale", parseCaddyfile)
+	httpcaddyfile.RegisterDirective("postscale", parseCaddyfile)
 	// Among the authentication directives: after rewrites, before every
 	// handle, route, respond and proxy, so none of them can be reached
 	// without a key.

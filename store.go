@@ -64,8 +64,9 @@ type Store interface {
 	RevokeKey(ctx context.Context, id string, at time.Time) (KeyRecord, error)
 	// RollKey stores the replacement key next and, in the same transaction,
 	// marks the key id deprecated at next.CreatedAt and expiring at
-	// expires (or sooner, if it already expired sooner). It returns the
-	// updated old record, or ErrNotFound.
+	// expires (or sooner, if it already expires sooner). It returns the
+	// updated old record, ErrNotFound, or ErrConflict if the key is
+	// revoked or expired at next.CreatedAt (then nothing is stored).
 	RollKey(ctx context.Context, id string, next KeyRecord, expires time.Time) (KeyRecord, error)
 	// RecordUsage adds request counts and moves last_used_at forward for
 	// the given keys. It is called in batches, off the request path, and
@@ -73,8 +74,10 @@ type Store interface {
 	RecordUsage(ctx context.Context, usage []Usage) error
 
 	// Watch calls fn for every change to a key or an account made through
-	// any process sharing the store, from the moment Watch is called until
-	// ctx is done, when it returns ctx.Err(). fn is called from one
+	// any process sharing the store, until ctx is done, when it returns
+	// ctx.Err(). Once it has found its place in the store's changes (and
+	// again whenever it may have lost it), it calls fn with All set, so
+	// that what was cached before is dropped. fn is called from one
 	// goroutine at a time. Watch retries on its own while the store is
 	// unreachable; it returns another error only if it cannot watch at all.
 	Watch(ctx context.Context, fn func(Change)) error
@@ -85,6 +88,9 @@ type Store interface {
 type Change struct {
 	KeyHash [sha256.Size]byte // zero when the change is to an account
 	Account string            // the account changed; empty for a key change
+	// All means changes may have been missed (the watch just started, or
+	// reconnected): caches drop everything.
+	All bool
 }
 
 // Usage is what one key did since the last flush.

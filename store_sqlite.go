@@ -60,6 +60,9 @@ func (s *SQLiteStore) Provision(ctx caddy.Context) error {
 	if s.PollInterval <= 0 {
 		s.PollInterval = caddy.Duration(250 * time.Millisecond)
 	}
+	if time.Duration(s.PollInterval) > time.Second {
+		s.logger.Warn("poll_interval above 1s: revocations made by other processes take that long to arrive", zap.Duration("poll_interval", time.Duration(s.PollInterval)))
+	}
 	v, _, err := sqliteDBs.LoadOrNew(abs, func() (caddy.Destructor, error) {
 		return openSQLite(abs)
 	})
@@ -345,13 +348,19 @@ func (s *SQLiteStore) RollKey(ctx context.Context, id string, next KeyRecord, ex
 		return old, err
 	}
 	err = s.write(ctx, []Change{{KeyHash: old.Hash}, {KeyHash: next.Hash}}, func(tx *sql.Tx) error {
-		if err := insertKey(ctx, tx, next); err != nil {
+		// Check and mark in one statement, so a revocation committed in
+		// between cannot be rolled over.
+		res, err := tx.ExecContext(ctx, `UPDATE keys SET deprecated_at = COALESCE(deprecated_at, ?),
+			expires_at = CASE WHEN expires_at IS NOT NULL AND expires_at < ? THEN expires_at ELSE ? END
+			WHERE id = ? AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)`,
+			next.CreatedAt.UnixNano(), expires.UnixNano(), expires.UnixNano(), id, next.CreatedAt.UnixNano())
+		if err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx, `UPDATE keys SET deprecated_at = COALESCE(deprecated_at, ?),
-			expires_at = CASE WHEN expires_at IS NOT NULL AND expires_at < ? THEN expires_at ELSE ? END WHERE id = ?`,
-			next.CreatedAt.UnixNano(), expires.UnixNano(), expires.UnixNano(), id)
-		return err
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("key %q is revoked or expired: %w", id, ErrConflict)
+		}
+		return insertKey(ctx, tx, next)
 	})
 	if err != nil {
 		return old, err
@@ -465,6 +474,9 @@ func (s *SQLiteStore) Watch(ctx context.Context, fn func(Change)) error {
 			return ctx.Err()
 		}
 	}
+	// Whatever was cached before the cursor was read may predate a change
+	// it will never report.
+	fn(Change{All: true})
 	failing := false
 	for sleepCtx(ctx, time.Duration(s.PollInterval)) {
 		next, err := s.pollChanges(ctx, cursor, fn)
