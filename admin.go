@@ -64,19 +64,67 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		status = http.StatusOK
 		out    any
 	)
+	method := func(allowed ...string) error {
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("%s takes %s, not %s", r.URL.Path, strings.Join(allowed, " or "), r.Method)}
+	}
 	switch {
-	case collection == "accounts" && id != "" && action == "" && r.Method == http.MethodPatch:
-		var req AccountUpdate
-		if err = decodeBody(r, &req); err == nil {
-			out, err = m.UpdateAccount(ctx, id, req)
+	case collection == "accounts" && id == "":
+		if r.Method != http.MethodPost {
+			return method(http.MethodPost)
 		}
-	case collection == "keys" && id == "import" && action == "" && r.Method == http.MethodPost:
+		var req AccountRequest
+		if err = decodeBody(r, &req); err == nil {
+			out, err = m.CreateAccount(ctx, req)
+			status = http.StatusCreated
+		}
+	case collection == "accounts" && action == "":
+		switch r.Method {
+		case http.MethodGet:
+			out, err = m.GetAccount(ctx, id)
+		case http.MethodPatch:
+			var req AccountUpdate
+			if err = decodeBody(r, &req); err == nil {
+				out, err = m.UpdateAccount(ctx, id, req)
+			}
+		default:
+			return method(http.MethodGet, http.MethodPatch)
+		}
+	case collection == "keys" && id == "":
+		switch r.Method {
+		case http.MethodPost:
+			var req KeyRequest
+			if err = decodeBody(r, &req); err == nil {
+				out, err = m.CreateKey(ctx, req)
+				status = http.StatusCreated
+			}
+		case http.MethodGet:
+			out, err = m.ListKeys(ctx, r.URL.Query().Get("account"))
+		default:
+			return method(http.MethodGet, http.MethodPost)
+		}
+	case collection == "keys" && id == "import" && action == "":
+		if r.Method != http.MethodPost {
+			return method(http.MethodPost)
+		}
 		var req ImportRequest
 		if err = decodeBody(r, &req); err == nil {
 			out, err = m.ImportKeys(ctx, req)
 			status = http.StatusCreated
 		}
-	case collection == "keys" && id != "" && action == "roll" && r.Method == http.MethodPost:
+	case collection == "keys" && action == "":
+		switch r.Method {
+		case http.MethodGet:
+			out, err = m.GetKey(ctx, id)
+		case http.MethodDelete:
+			out, err = m.RevokeKey(ctx, id)
+		default:
+			return method(http.MethodGet, http.MethodDelete)
+		}
+	case collection == "keys" && action == "roll":
+		if r.Method != http.MethodPost {
+			return method(http.MethodPost)
+		}
 		var req RollRequest
 		if r.ContentLength != 0 {
 			err = decodeBody(r, &req)
@@ -85,30 +133,6 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			out, err = m.RollKey(ctx, id, req)
 			status = http.StatusCreated
 		}
-	case action != "":
-		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no such endpoint: %s", r.URL.Path)}
-	case collection == "accounts" && id == "" && r.Method == http.MethodPost:
-		var req AccountRequest
-		if err = decodeBody(r, &req); err == nil {
-			out, err = m.CreateAccount(ctx, req)
-			status = http.StatusCreated
-		}
-	case collection == "accounts" && id != "" && r.Method == http.MethodGet:
-		out, err = m.GetAccount(ctx, id)
-	case collection == "keys" && id == "" && r.Method == http.MethodPost:
-		var req KeyRequest
-		if err = decodeBody(r, &req); err == nil {
-			out, err = m.CreateKey(ctx, req)
-			status = http.StatusCreated
-		}
-	case collection == "keys" && id == "" && r.Method == http.MethodGet:
-		out, err = m.ListKeys(ctx, r.URL.Query().Get("account"))
-	case collection == "keys" && id != "" && r.Method == http.MethodGet:
-		out, err = m.GetKey(ctx, id)
-	case collection == "keys" && id != "" && r.Method == http.MethodDelete:
-		out, err = m.RevokeKey(ctx, id)
-	case (collection == "accounts" || collection == "keys") && !strings.Contains(id, "/"):
-		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed on %s", r.Method, r.URL.Path)}
 	default:
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no such endpoint: %s", r.URL.Path)}
 	}

@@ -161,9 +161,9 @@ func (b *buckets) shard(k bucketKey) *bucketShard {
 
 // take admits one request of bucket k under limit l at time now, or
 // rejects it without consuming anything. A change of limit (a plan change)
-// applies to the bucket from the time the new limit came into force,
-// keeping the tokens it had then: no free burst, and no wait at the old
-// rate after an upgrade.
+// applies to the bucket from the time the new limit came into force, with
+// the requests used by then carried over: no reset to a full bucket, and
+// no wait at the old rate after an upgrade.
 func (b *buckets) take(k bucketKey, l *limit, now time.Time) state {
 	sh := b.shard(k)
 	sh.mu.Lock()
@@ -185,8 +185,16 @@ func (b *buckets) take(k bucketKey, l *limit, now time.Time) state {
 		if switched.After(now) {
 			switched = now
 		}
-		lim.SetLimitAt(switched, l.rate)
-		lim.SetBurstAt(switched, l.burst)
+		// What the account had used by then carries over into a bucket of
+		// the new size: an upgrade's extra room is there at once, and a
+		// downgrade starts no fuller than the usage allows.
+		used := float64(lim.Burst()) - lim.TokensAt(switched)
+		lim.Limiter = rate.NewLimiter(l.rate, l.burst)
+		if n := int(math.Ceil(used - 1e-9)); n > 0 {
+			lim.AllowN(switched, min(n, l.burst))
+		} else {
+			lim.AllowN(switched, 0) // start the clock at the switch
+		}
 	}
 	lim.touched = now
 	s := state{admitted: lim.AllowN(now, 1)}

@@ -150,7 +150,7 @@ func TestLiveAndTestBucketsAreSeparate(t *testing.T) {
 	}
 }
 
-func TestPlanChangeKeepsTokens(t *testing.T) {
+func TestPlanChangeCarriesUsage(t *testing.T) {
 	b := newBuckets()
 	k := bucketKey{account: "acme", mode: ModeLive}
 	small := mustLimit(t, "starter", Plan{Rate: 10})
@@ -161,20 +161,25 @@ func TestPlanChangeKeepsTokens(t *testing.T) {
 	if st := b.take(k, small, t0); st.admitted {
 		t.Fatal("starter bucket not exhausted")
 	}
-	// Upgraded: the empty bucket now refills at 100/s and holds 100, but
-	// the upgrade itself grants no free burst.
+	// Upgraded: the 10 requests used carry over into the bucket of 100, so
+	// 90 more go through at once, and no more.
+	for i := range 90 {
+		if st := b.take(k, big, t0); !st.admitted {
+			t.Fatalf("upgrade: request %d of the 90 left rejected", i+1)
+		}
+	}
 	if st := b.take(k, big, t0); st.admitted {
-		t.Fatal("the plan change handed out a free burst")
+		t.Fatal("the upgrade handed out more than the new burst")
 	}
 	if st := b.take(k, big, t0.Add(10*time.Millisecond)); !st.admitted {
 		t.Fatal("the new, faster rate did not apply at once")
 	}
-	if st := b.take(k, big, t0.Add(2*time.Second)); !st.admitted || st.remaining != 99 {
-		t.Fatalf("2s later on growth: %+v; want admitted with r=99 (burst 100)", st)
+	// Downgraded with 99 of 100 used: the starter bucket starts empty.
+	if st := b.take(k, small, t0.Add(10*time.Millisecond)); st.admitted {
+		t.Fatalf("after a downgrade with the bucket used up: %+v; want rejected", st)
 	}
-	// Downgraded: the bucket shrinks to the new burst at once.
-	if st := b.take(k, small, t0.Add(2*time.Second)); !st.admitted || st.remaining > 9 {
-		t.Fatalf("after downgrade: %+v; want admitted with r ≤ 9", st)
+	if st := b.take(k, small, t0.Add(2*time.Second)); !st.admitted || st.remaining != 9 {
+		t.Fatalf("2s after the downgrade: %+v; want admitted with r=9", st)
 	}
 }
 

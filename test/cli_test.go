@@ -2,6 +2,7 @@ package test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -9,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	postscale "github.com/postscale/caddy-postscale"
 )
 
 var issuedKey = regexp.MustCompile(`^ps_(live|test)_[0-9A-Za-z]{38}$`)
@@ -148,5 +151,310 @@ func TestCLIThroughRunningInstance(t *testing.T) {
 	// Errors of the running instance come back as errors of the command.
 	if _, stderr, err := runCLI("--address", adminAddr, "key", "revoke", "key_doesnotexist"); err == nil {
 		t.Errorf("revoking an unknown key succeeded (stderr %q); want an error", stderr)
+	}
+}
+
+// cliKeys are the keys a CLI session made, for checking them at the gateway.
+type cliKeys struct {
+	rolledOld, rolledNew string // a live key of acme rolled for 1h, and its replacement
+	testNew              string // the replacement of a test key of acme
+	revoked              string
+	legacy               map[string]string // imported plaintext -> account
+}
+
+// TestCLISubcommands: every `caddy postscale` subcommand as an operator
+// runs it, through the running instance and straight on the store file:
+// the result on stdout (the key alone for create and roll), notes on
+// stderr, never a key in a list or record, errors naming the problem; and
+// what it made works at the gateway.
+func TestCLISubcommands(t *testing.T) {
+	t.Run("through the running instance", func(t *testing.T) {
+		backend, _ := startGateway(t, "legacy_keys")
+		checkCLIKeys(t, backend, cliSession(t, "--address", adminAddr))
+	})
+	t.Run("straight on the store file", func(t *testing.T) {
+		store := storePath(t)
+		keys := cliSession(t, "--store", store)
+		backend := newRecorder(t, "mail")
+		loadCaddyfile(t, gatewaySite(store, backend.addr(), "legacy_keys"))
+		checkCLIKeys(t, backend, keys)
+	})
+}
+
+// cliSession runs every subcommand with the connection flags conn, checks
+// what each prints, and returns the keys it made.
+func cliSession(t *testing.T, conn ...string) cliKeys {
+	t.Helper()
+	args := func(a ...string) []string { return append(append([]string{}, conn...), a...) }
+	run := func(a ...string) (stdout, stderr string) {
+		t.Helper()
+		stdout, stderr, err := runCLI(args(a...)...)
+		if err != nil {
+			t.Fatalf("caddy postscale %s: %v\nstderr: %s", strings.Join(a, " "), err, stderr)
+		}
+		return stdout, stderr
+	}
+	decode := func(what, out string, v any) {
+		t.Helper()
+		if err := json.Unmarshal([]byte(out), v); err != nil {
+			t.Fatalf("%s printed %q, want JSON: %v", what, out, err)
+		}
+	}
+	// noSecret checks that out shows none of the keys' secret parts.
+	noSecret := func(what, out string, keys ...string) {
+		t.Helper()
+		for _, k := range keys {
+			if body := k[len("ps_live_"):]; strings.Contains(out, body[:len(body)-4]) {
+				t.Errorf("%s printed the key %s: %s", what, postscale.Redact(k), out)
+			}
+		}
+	}
+	// keyAlone checks that stdout is one issued key on one line.
+	keyAlone := func(what, stdout, mode string) string {
+		t.Helper()
+		key := strings.TrimSuffix(stdout, "\n")
+		if !issuedKey.MatchString(key) || !strings.HasPrefix(key, "ps_"+mode+"_") {
+			t.Fatalf("%s printed %q on stdout, want a ps_%s_ key alone on one line", what, stdout, mode)
+		}
+		return key
+	}
+
+	// account create, show, update
+	type account struct {
+		ID    string  `json:"id"`
+		Plan  string  `json:"plan"`
+		Rate  float64 `json:"rate"`
+		Burst int     `json:"burst"`
+	}
+	for _, c := range []struct {
+		args []string
+		want account
+	}{
+		{[]string{"account", "create", "acme", "--plan", "growth"}, account{"acme", "growth", 0, 0}},
+		{[]string{"account", "create", "bigco", "--plan", "enterprise", "--rate", "50"}, account{"bigco", "enterprise", 50, 50}},
+		{[]string{"account", "show", "acme"}, account{"acme", "growth", 0, 0}},
+		{[]string{"account", "update", "acme", "--plan", "scale"}, account{"acme", "scale", 0, 0}},
+		{[]string{"account", "update", "bigco", "--burst", "70"}, account{"bigco", "enterprise", 50, 70}},
+		{[]string{"account", "show", "acme"}, account{"acme", "scale", 0, 0}},
+	} {
+		out, _ := run(c.args...)
+		var got account
+		decode(strings.Join(c.args, " "), out, &got)
+		if got != c.want {
+			t.Errorf("%s: got %+v, want %+v", strings.Join(c.args, " "), got, c.want)
+		}
+	}
+
+	// key create: the key alone on stdout, what it is on stderr.
+	stdout, stderr := run("key", "create", "--account", "acme", "--name", "production server")
+	live := keyAlone("key create", stdout, "live")
+	liveID := regexp.MustCompile(`key_[0-9A-Za-z]+`).FindString(stderr)
+	if liveID == "" || !strings.Contains(stderr, `Created live key `+liveID+` "production server" for account acme`) {
+		t.Errorf("key create: stderr %q, want a note naming the mode, id, name and account", stderr)
+	}
+	noSecret("key create on stderr", stderr, live)
+	// --json: the whole record, key included.
+	test := cliCreateKeyJSON(t, args("--account", "acme", "--name", "ci", "--mode", "test", "--scope", "emails:send", "--scope", "emails:read")...)
+	if test.Account != "acme" || test.Name != "ci" || test.Mode != "test" || strings.Join(test.Scopes, " ") != "emails:send emails:read" ||
+		!strings.HasPrefix(test.Key, "ps_test_") || test.Redacted != postscale.Redact(test.Key) || test.CreatedAt.IsZero() {
+		t.Errorf("key create --json: got %+v", test)
+	}
+	stdout, _ = run("key", "create", "--account", "acme", "--name", "to revoke", "--expires-at", time.Now().Add(time.Hour).UTC().Format(time.RFC3339))
+	toRevoke := keyAlone("key create --expires-at", stdout, "live")
+
+	// key list and show: records, never a key or a hash.
+	stdout, _ = run("key", "list", "--account", "acme")
+	noSecret("key list", stdout, live, test.Key, toRevoke)
+	if strings.Contains(stdout, `"hash"`) || strings.Contains(stdout, `"key"`) {
+		t.Errorf("key list printed a hash or key field: %s", stdout)
+	}
+	var list []keyRecord
+	decode("key list", stdout, &list)
+	var names []string
+	for _, k := range list {
+		names = append(names, k.Name)
+	}
+	if got, want := strings.Join(names, ","), "production server,ci,to revoke"; got != want || list[0].ID != liveID || list[1].ID != test.ID {
+		t.Errorf("key list: got %s (ids %v), want %s (ids %s, %s, …)", got, list, want, liveID, test.ID)
+	} else if list[2].ExpiresAt == nil {
+		t.Errorf("key list: the key made with --expires-at has no expires_at: %+v", list[2])
+	}
+	stdout, _ = run("key", "show", liveID)
+	noSecret("key show", stdout, live)
+	var shown keyRecord
+	decode("key show", stdout, &shown)
+	if shown.ID != liveID || shown.Name != "production server" || shown.Redacted != postscale.Redact(live) || shown.RevokedAt != nil {
+		t.Errorf("key show %s: got %+v", liveID, shown)
+	}
+
+	// key roll: the new key alone on stdout, the old key's end on stderr.
+	rolled := time.Now()
+	stdout, stderr = run("key", "roll", liveID, "--expires-in", "1h")
+	liveNew := keyAlone("key roll", stdout, "live")
+	noSecret("key roll on stderr", stderr, live, liveNew)
+	m := regexp.MustCompile(`^Rolled (key_\S+): the replacement is (key_\S+)\. The old key works until (\S+)\. `).FindStringSubmatch(stderr)
+	if m == nil || m[1] != liveID || m[2] == liveID {
+		t.Errorf("key roll: stderr %q, want a note naming the old key, its replacement and when the old one stops", stderr)
+	} else if until, err := time.Parse(time.RFC3339, m[3]); err != nil || until.Before(rolled.Add(time.Hour-time.Second)) || until.After(time.Now().Add(time.Hour)) {
+		t.Errorf("key roll --expires-in 1h: the old key works until %q, want an hour from now", m[3])
+	}
+	stdout, _ = run("key", "roll", test.ID, "--expires-in", "2h", "--json")
+	var testRolled createdKey
+	decode("key roll --json", stdout, &testRolled)
+	if !issuedKey.MatchString(testRolled.Key) || testRolled.ID == test.ID || testRolled.Name != "ci" || testRolled.Mode != "test" ||
+		strings.Join(testRolled.Scopes, " ") != "emails:send emails:read" ||
+		testRolled.Replaces == nil || testRolled.Replaces.ID != test.ID || testRolled.Replaces.ExpiresAt == nil || testRolled.Replaces.DeprecatedAt == nil {
+		t.Errorf("key roll --json: got %s, want the replacement with its key and the old record under replaces", stdout)
+	}
+
+	// key revoke: the revoked record.
+	var revoked keyRecord
+	stdout, _ = run("key", "revoke", list[2].ID)
+	decode("key revoke", stdout, &revoked)
+	if revoked.ID != list[2].ID || revoked.RevokedAt == nil {
+		t.Errorf("key revoke: got %s, want the record of %s with revoked_at", stdout, list[2].ID)
+	}
+	noSecret("key revoke", stdout, toRevoke)
+
+	// key import, from CSV (plaintext and hash) and from JSON (a list, and
+	// {"keys": […]}).
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	legacy := map[string]string{
+		"ps_live_abc123xyz":    "acme",
+		"ps_test_zzci4567":     "acme",
+		"ps_live_oldworker789": "acme",
+		"ps_live_bigcolegacy1": "bigco",
+	}
+	imports := []struct {
+		file  string
+		names []string
+	}{
+		{write("keys.csv", "account,name,mode,key,hash\n"+
+			"acme,old production,live,ps_live_abc123xyz,\n"+
+			"acme,old ci,test,,"+sha256Hex("ps_test_zzci4567")+"\n"), []string{"old production", "old ci"}},
+		{write("list.json", `[{"account":"acme","name":"old worker","key":"ps_live_oldworker789","scopes":["emails:send"]}]`), []string{"old worker"}},
+		{write("object.json", `{"keys":[{"account":"bigco","name":"old bigco","mode":"live","hash":"`+sha256Hex("ps_live_bigcolegacy1")+`"}]}`), []string{"old bigco"}},
+	}
+	for _, imp := range imports {
+		stdout, stderr = run("key", "import", imp.file)
+		if want := fmt.Sprintf("Imported %d keys.\n", len(imp.names)); !strings.HasSuffix(stderr, want) {
+			t.Errorf("key import %s: stderr %q, want it to end with %q", filepath.Base(imp.file), stderr, want)
+		}
+		for k := range legacy {
+			noSecret("key import", stdout, k)
+		}
+		var got []keyRecord
+		decode("key import", stdout, &got)
+		if len(got) != len(imp.names) {
+			t.Fatalf("key import %s: printed %d records, want %d: %s", filepath.Base(imp.file), len(got), len(imp.names), stdout)
+		}
+		for i, r := range got {
+			if r.Name != imp.names[i] || !r.Legacy || !strings.HasPrefix(r.ID, "key_") {
+				t.Errorf("key import %s: record %d is %+v, want legacy key %q", filepath.Base(imp.file), i, r, imp.names[i])
+			}
+		}
+	}
+
+	// Every mistake is an error that says what is wrong, and prints nothing.
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"account", "create", "has space"}, []string{"id: "}},
+		{[]string{"account", "create", "x", "--plan", "enterprise"}, []string{"rate: "}},
+		{[]string{"account", "create", "acme", "--plan", "growth"}, []string{"acme", "already exists"}},
+		{[]string{"account", "show", "nobody"}, []string{"nobody", "not found"}},
+		{[]string{"account", "update", "acme", "--rate", "5"}, []string{"rate: "}},
+		{[]string{"account", "update", "nobody", "--plan", "scale"}, []string{"nobody", "not found"}},
+		{[]string{"key", "create", "--account", "acme"}, []string{"name: "}},
+		{[]string{"key", "create", "--name", "n"}, []string{"account: "}},
+		{[]string{"key", "create", "--account", "acme", "--name", "n", "--mode", "prod"}, []string{"mode: "}},
+		{[]string{"key", "create", "--account", "acme", "--name", "n", "--scope", "emails send"}, []string{"scopes: "}},
+		{[]string{"key", "create", "--account", "acme", "--name", "n", "--expires-at", "2001-01-01T00:00:00Z"}, []string{"expires_at: "}},
+		{[]string{"key", "create", "--account", "acme", "--name", "n", "--expires-at", "tomorrow"}, []string{"--expires-at", "RFC 3339"}},
+		{[]string{"key", "create", "--account", "nobody", "--name", "n"}, []string{"nobody", "not found"}},
+		{[]string{"key", "list"}, []string{"account: "}},
+		{[]string{"key", "list", "--account", "nobody"}, []string{"nobody", "not found"}},
+		{[]string{"key", "show", "key_nope"}, []string{"key_nope", "not found"}},
+		{[]string{"key", "revoke", "key_nope"}, []string{"key_nope", "not found"}},
+		{[]string{"key", "roll", "key_nope"}, []string{"key_nope", "not found"}},
+		{[]string{"key", "roll", testRolled.ID, "--expires-in", "soon"}, []string{"expires_in: "}},
+		{[]string{"key", "roll", list[2].ID}, []string{"revoked"}},
+		{[]string{"key", "import", write("bad.csv", "account,name,mode,key,hash\nacme,a,live,ps_live_fresh123,\nacme,b,live,,abc\n")}, []string{"keys[1].hash: "}},
+		{[]string{"key", "import", write("nobody.json", `[{"account":"nobody","name":"a","key":"ps_live_fresh123"}]`)}, []string{"nobody", "not found"}},
+		{[]string{"key", "import", write("dup.json", `[{"account":"acme","name":"a","key":"ps_live_fresh123"},{"account":"acme","name":"b","key":"ps_live_abc123xyz"}]`)}, []string{"already exists"}},
+		{[]string{"key", "import", write("broken.json", `[{"account":`)}, []string{"broken.json"}},
+		{[]string{"key", "import", filepath.Join(dir, "missing.csv")}, []string{"missing.csv"}},
+	} {
+		msg := cliFails(t, args(c.args...)...)
+		for _, w := range c.want {
+			if !strings.Contains(msg, w) {
+				t.Errorf("caddy postscale %s: error %q, want it to name %q", strings.Join(c.args, " "), msg, w)
+			}
+		}
+		for k := range legacy {
+			noSecret("an error", msg, k)
+		}
+	}
+	// The refused import stored nothing: its first key does not exist.
+	stdout, _ = run("key", "list", "--account", "acme")
+	if strings.Contains(stdout, `"a"`) || strings.Contains(stdout, `"b"`) {
+		t.Errorf("a refused import stored keys: %s", stdout)
+	}
+
+	return cliKeys{rolledOld: live, rolledNew: liveNew, testNew: testRolled.Key, revoked: toRevoke, legacy: legacy}
+}
+
+// checkCLIKeys checks at the gateway that the keys of a CLI session work
+// as the session left them.
+func checkCLIKeys(t *testing.T, backend *recorder, k cliKeys) {
+	t.Helper()
+	_, r := expectPassedMethod(t, backend, http.MethodGet, "/v1/emails", bearer(k.rolledOld))
+	if r.header.Get("Deprecation") == "" || r.header.Get("Sunset") == "" {
+		t.Errorf("rolled key: Deprecation %q, Sunset %q, want both", r.header.Get("Deprecation"), r.header.Get("Sunset"))
+	}
+	for _, key := range []string{k.rolledNew, k.testNew} {
+		got := expectAdmitted(t, backend, key, "/v1/emails")
+		if got.Header.Get("Postscale-Plan") != "scale" || got.Header.Get("Postscale-Mode") != key[3:7] {
+			t.Errorf("%s: backend got plan %q, mode %q, want scale, %s", postscale.Redact(key), got.Header.Get("Postscale-Plan"), got.Header.Get("Postscale-Mode"), key[3:7])
+		}
+	}
+	expectRejected(t, backend, revokedKey, "/v1/emails", bearer(k.revoked))
+	for key, account := range k.legacy {
+		got := expectAdmitted(t, backend, key, "/v1/emails")
+		if a, m := got.Header.Get("Postscale-Account-Id"), got.Header.Get("Postscale-Mode"); a != account || m != key[3:7] {
+			t.Errorf("imported %s: backend got account %q, mode %q, want %s, %s", postscale.Redact(key), a, m, account, key[3:7])
+		}
+	}
+}
+
+// TestCLIFallsBackToStoreFile: with no admin endpoint answering and no
+// --store, the command says so on stderr and uses the store in Caddy's
+// data directory.
+func TestCLIFallsBackToStoreFile(t *testing.T) {
+	data := t.TempDir()
+	t.Setenv("XDG_DATA_HOME", data)
+	const closed = "localhost:1" // nothing listens there
+	stdout, stderr, err := runCLI("--address", closed, "account", "create", "acme", "--plan", "growth")
+	if err != nil {
+		t.Fatalf("account create: %v\nstderr: %s", err, stderr)
+	}
+	store := filepath.Join(data, "caddy", "postscale", "keys.db")
+	if want := "No Caddy admin endpoint at " + closed + "; using the store " + store + " directly.\n"; stderr != want {
+		t.Errorf("stderr: got %q, want %q", stderr, want)
+	}
+	if !strings.Contains(stdout, `"id": "acme"`) {
+		t.Errorf("stdout: got %q, want the account", stdout)
+	}
+	if out := cli(t, "--store", store, "account", "show", "acme"); !strings.Contains(out, `"plan": "growth"`) {
+		t.Errorf("the store %s does not hold the account: %s", store, out)
 	}
 }

@@ -2,6 +2,8 @@ package test
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -203,6 +205,12 @@ func get(t *testing.T, path string, headers ...string) response {
 	return request(t, http.MethodGet, path, "", headers...)
 }
 
+// sha256Hex is the SHA-256 of a key in hex, the form legacy imports take.
+func sha256Hex(key string) string {
+	h := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(h[:])
+}
+
 // bearer is the Authorization header for a key.
 func bearer(key string) string { return "Authorization: Bearer " + key }
 
@@ -280,11 +288,17 @@ func assertRejected(t *testing.T, r response, want rejection) {
 // nothing reached the backend.
 func expectRejected(t *testing.T, backend *recorder, want rejection, path string, headers ...string) response {
 	t.Helper()
+	return expectRejectedMethod(t, backend, want, http.MethodGet, path, headers...)
+}
+
+// expectRejectedMethod is expectRejected for a request with any method.
+func expectRejectedMethod(t *testing.T, backend *recorder, want rejection, method, path string, headers ...string) response {
+	t.Helper()
 	before := backend.count()
-	r := get(t, path, headers...)
+	r := request(t, method, path, "", headers...)
 	assertRejected(t, r, want)
 	if n := backend.count() - before; n != 0 {
-		t.Errorf("backend received %d request(s) for a rejected request; want none", n)
+		t.Errorf("%s %s: backend received %d request(s) for a rejected request; want none", method, path, n)
 	}
 	return r
 }
@@ -300,15 +314,23 @@ func expectAdmitted(t *testing.T, backend *recorder, key, path string, headers .
 // backend (and only once), and returns what the backend received.
 func expectPassed(t *testing.T, backend *recorder, path string, headers ...string) recorded {
 	t.Helper()
+	got, _ := expectPassedMethod(t, backend, http.MethodGet, path, headers...)
+	return got
+}
+
+// expectPassedMethod is expectPassed for a request with any method; it
+// also returns the gateway's response.
+func expectPassedMethod(t *testing.T, backend *recorder, method, path string, headers ...string) (recorded, response) {
+	t.Helper()
 	before := backend.count()
-	r := get(t, path, headers...)
+	r := request(t, method, path, "", headers...)
 	if r.status != http.StatusOK || string(r.body) != backend.name {
-		t.Fatalf("got %d %q, want 200 %q from backend %s", r.status, r.body, backend.name, backend.name)
+		t.Fatalf("%s %s: got %d %q, want 200 %q from backend %s", method, path, r.status, r.body, backend.name, backend.name)
 	}
 	if n := backend.count() - before; n != 1 {
-		t.Fatalf("backend %s received %d requests, want 1", backend.name, n)
+		t.Fatalf("%s %s: backend %s received %d requests, want 1", method, path, backend.name, n)
 	}
-	return backend.last(t)
+	return backend.last(t), r
 }
 
 // ---- management through the admin API ----
@@ -317,8 +339,27 @@ func expectPassed(t *testing.T, backend *recorder, path string, headers ...strin
 // unless the answer has status want, and decodes the answer into out.
 func adminCall(t *testing.T, method, path string, in any, want int, out any) {
 	t.Helper()
+	resp, b := adminDo(t, method, path, in)
+	if resp.StatusCode != want {
+		t.Fatalf("%s %s: got HTTP %d %s, want %d", method, path, resp.StatusCode, b, want)
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: decoding %s: %v", method, path, b, err)
+		}
+	}
+}
+
+// adminDo sends a request to the admin endpoint with in as its JSON body
+// (none when nil; a string is sent as it is), and returns the answer.
+func adminDo(t *testing.T, method, path string, in any) (*http.Response, []byte) {
+	t.Helper()
 	var body io.Reader
-	if in != nil {
+	switch in := in.(type) {
+	case nil:
+	case string:
+		body = strings.NewReader(in)
+	default:
 		b, err := json.Marshal(in)
 		if err != nil {
 			t.Fatal(err)
@@ -335,15 +376,34 @@ func adminCall(t *testing.T, method, path string, in any, want int, out any) {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: reading the answer: %v", method, path, err)
+	}
+	return resp, b
+}
+
+// adminError sends a request that the admin endpoint must refuse with
+// status want and Caddy's JSON error body {"error": "…"}, and returns the
+// message.
+func adminError(t *testing.T, method, path string, in any, want int) string {
+	t.Helper()
+	resp, b := adminDo(t, method, path, in)
 	if resp.StatusCode != want {
-		t.Fatalf("%s %s: got HTTP %d %s, want %d", method, path, resp.StatusCode, b, want)
+		t.Errorf("%s %s: got HTTP %d %s, want %d", method, path, resp.StatusCode, b, want)
 	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			t.Fatalf("%s %s: decoding %s: %v", method, path, b, err)
-		}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("%s %s: Content-Type %q, want application/json", method, path, ct)
 	}
+	var doc map[string]any
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatalf("%s %s: body %s is not a JSON object: %v", method, path, b, err)
+	}
+	msg, ok := doc["error"].(string)
+	if !ok || msg == "" || len(doc) != 1 {
+		t.Errorf("%s %s: body %s, want {\"error\": \"<message>\"}", method, path, b)
+	}
+	return msg
 }
 
 func createAccount(t *testing.T, id, plan string) {
@@ -351,14 +411,29 @@ func createAccount(t *testing.T, id, plan string) {
 	adminCall(t, http.MethodPost, "/postscale/accounts", map[string]any{"id": id, "plan": plan}, http.StatusCreated, nil)
 }
 
-// createdKey is the answer to a key creation.
+// keyRecord is a key's record as the admin API and the CLI show it.
+type keyRecord struct {
+	ID           string     `json:"id"`
+	Account      string     `json:"account"`
+	Name         string     `json:"name"`
+	Mode         string     `json:"mode"`
+	Scopes       []string   `json:"scopes"`
+	Redacted     string     `json:"redacted"`
+	Legacy       bool       `json:"legacy"`
+	CreatedAt    time.Time  `json:"created_at"`
+	ExpiresAt    *time.Time `json:"expires_at"`
+	RevokedAt    *time.Time `json:"revoked_at"`
+	LastUsedAt   *time.Time `json:"last_used_at"`
+	DeprecatedAt *time.Time `json:"deprecated_at"`
+	Requests     int64      `json:"requests"`
+}
+
+// createdKey is the answer to a key creation or roll.
 type createdKey struct {
-	ID        string     `json:"id"`
-	Key       string     `json:"key"`
-	Account   string     `json:"account"`
-	Name      string     `json:"name"`
-	Mode      string     `json:"mode"`
-	ExpiresAt *time.Time `json:"expires_at"`
+	keyRecord
+	Key string `json:"key"`
+	// Replaces is the rolled key's record (rolls only).
+	Replaces *keyRecord `json:"replaces"`
 }
 
 func createKey(t *testing.T, account, name, mode string) createdKey {
@@ -379,6 +454,26 @@ func postKey(t *testing.T, req map[string]any) createdKey {
 func revokeKey(t *testing.T, id string) {
 	t.Helper()
 	adminCall(t, http.MethodDelete, "/postscale/keys/"+id, nil, http.StatusOK, nil)
+}
+
+// rollKey rolls a key through the admin API with the given grace period
+// and returns the replacement, with the old record under Replaces.
+func rollKey(t *testing.T, id, expiresIn string) createdKey {
+	t.Helper()
+	var k createdKey
+	adminCall(t, http.MethodPost, "/postscale/keys/"+id+"/roll", map[string]any{"expires_in": expiresIn}, http.StatusCreated, &k)
+	if k.ID == "" || k.Key == "" || k.Replaces == nil {
+		t.Fatalf("POST /postscale/keys/%s/roll answered no id, key or replaces: %+v", id, k)
+	}
+	return k
+}
+
+// getKey returns a key's record through the admin API.
+func getKey(t *testing.T, id string) keyRecord {
+	t.Helper()
+	var k keyRecord
+	adminCall(t, http.MethodGet, "/postscale/keys/"+id, nil, http.StatusOK, &k)
+	return k
 }
 
 // ---- the `caddy postscale` command, in-process ----
@@ -403,4 +498,19 @@ func cli(t *testing.T, args ...string) string {
 		t.Fatalf("caddy postscale %s: %v\nstderr: %s", strings.Join(args, " "), err, stderr)
 	}
 	return stdout
+}
+
+// cliFails runs a command that must fail without printing anything on
+// stdout, and returns its error message.
+func cliFails(t *testing.T, args ...string) string {
+	t.Helper()
+	stdout, stderr, err := runCLI(args...)
+	if err == nil {
+		t.Errorf("caddy postscale %s succeeded (stdout %q, stderr %q); want an error", strings.Join(args, " "), stdout, stderr)
+		return ""
+	}
+	if stdout != "" {
+		t.Errorf("caddy postscale %s failed but printed %q on stdout; want nothing a script could take for a result", strings.Join(args, " "), stdout)
+	}
+	return err.Error()
 }
