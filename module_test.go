@@ -179,7 +179,7 @@ func TestHandlerTagsRequest(t *testing.T) {
 }
 
 // unlimited is a plan so large the benchmarks never hit it.
-var unlimited = map[string]Plan{"growth": {Rate: 1e12, Burst: 1e9}}
+var unlimited = map[string]Plan{"growth": {Rate: maxRate, Burst: maxBurst}}
 
 // BenchmarkCachedKey measures the whole check of a cached key (parse,
 // checksum, hash, cache hit, rate limit, tagging, placeholders): the per-request cost
