@@ -22,3 +22,5 @@ else
 	export CGO_ENABLED=1
 fi
 go test $race -count=1 -timeout 10m ./... "$@"
+# Benchmarks are not timed here, only run once, so they cannot rot unseen.
+go test -run '^$' -bench . -benchtime 1x . >/dev/null
