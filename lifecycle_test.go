@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 )
 
 // openManager returns a storeManager on a fresh SQLite store whose clock
@@ -384,5 +385,32 @@ func TestUsageConcurrentWithFlushes(t *testing.T) {
 	h.keys.flushUsage(context.Background())
 	if got := s.got[rec.ID].Requests; got != workers*each {
 		t.Fatalf("requests recorded under concurrent flushes: got %d, want %d", got, workers*each)
+	}
+}
+
+// TestUsageFlushedOnShutdown: counts not yet flushed reach the store when
+// the last config using it goes away.
+func TestUsageFlushedOnShutdown(t *testing.T) {
+	fs := newFakeStore()
+	s := &usageStore{fakeStore: fs, got: map[string]Usage{}}
+	k, err := newKeyring(s, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.run()
+	key, rec := fs.add(t)
+	h := HashKey(key)
+	e, _, err := k.get(context.Background(), &h, time.Minute, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		k.countRequest(e, t0)
+	}
+	if err := k.Destruct(); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.got[rec.ID]; got.Requests != 3 || !got.LastUsed.Equal(t0) {
+		t.Fatalf("usage after shutdown: %+v; want 3 requests, last used %v", got, t0)
 	}
 }
