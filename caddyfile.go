@@ -1,7 +1,6 @@
 package postscale
 
 import (
-	"math"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -37,20 +36,23 @@ func parseCaddyfile(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error)
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
 //	postscale [<matcher>] {
-//	    store sqlite [<path>]
+//	    store sqlite [<path>] {
+//	        poll_interval <duration>
+//	    }
 //	    cache_ttl <duration>
 //	    negative_ttl <duration>
 //	    legacy_keys
 //	    forward_authorization
 //	    plan <name> <rate> [<burst>]
-//	    require_scope <scope> [{
+//	    require_scope <scope> {
 //	        <matchers>
-//	    }]
+//	    }
 //	}
 //
 // Each subdirective may appear once, except plan (once per plan name) and
 // require_scope (once per scope); the block may be left out to take every
-// default.
+// default, and so may require_scope's (the scope is then needed by every
+// request). The matcher is taken off by parseCaddyfile before this runs.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	if d.NextArg() {
@@ -78,13 +80,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			var p Plan
 			var err error
-			if p.Rate, err = strconv.ParseFloat(args[1], 64); err != nil || !(p.Rate > 0) || math.IsInf(p.Rate, 0) {
-				return d.Errf("plan %s: rate must be requests per second greater than 0, got %q", pname, args[1])
+			if p.Rate, err = strconv.ParseFloat(args[1], 64); err != nil {
+				return d.Errf("plan %s: rate must be a number of requests per second, got %q", pname, args[1])
 			}
 			if len(args) == 3 {
 				if p.Burst, err = strconv.Atoi(args[2]); err != nil || p.Burst < 1 {
 					return d.Errf("plan %s: burst must be a whole number of requests, at least 1, got %q", pname, args[2])
 				}
+			}
+			if _, err := p.withDefaultBurst(); err != nil {
+				return d.Errf("plan %s: %v", pname, err)
 			}
 			if h.Plans == nil {
 				h.Plans = make(map[string]Plan)
