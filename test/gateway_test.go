@@ -437,11 +437,11 @@ func TestMatcherLeavesPathsOpen(t *testing.T) {
 	expectAdmitted(t, backend, k.Key, "/v1/emails")
 }
 
-// TestJSONConfig: the same gateway written in Caddy's JSON works.
-func TestJSONConfig(t *testing.T) {
-	backend := newRecorder(t, "mail")
-	store := storePath(t)
-	loadConfig(t, fmt.Sprintf(`{
+// jsonGateway is the test gateway written in Caddy's JSON: the postscale
+// handler on the given store, with extra handler fields (a JSON object's
+// members, e.g. `"cache_ttl": 60000000000`), in front of upstream.
+func jsonGateway(store, extra, upstream string) string {
+	return fmt.Sprintf(`{
 	"admin": {"listen": %q},
 	"apps": {
 		"http": {
@@ -452,7 +452,7 @@ func TestJSONConfig(t *testing.T) {
 					"automatic_https": {"disable": true},
 					"routes": [{
 						"handle": [
-							{"handler": "postscale", "store": {"backend": "sqlite", "path": %q}, "cache_ttl": 60000000000},
+							{"handler": "postscale", "store": {"backend": "sqlite", "path": %q}, %s},
 							{"handler": "reverse_proxy", "upstreams": [{"dial": %q}]}
 						]
 					}]
@@ -460,7 +460,14 @@ func TestJSONConfig(t *testing.T) {
 			}
 		}
 	}
-}`, adminAddr, store, backend.addr()), "json")
+}`, adminAddr, store, extra, upstream)
+}
+
+// TestJSONConfig: the same gateway written in Caddy's JSON works.
+func TestJSONConfig(t *testing.T) {
+	backend := newRecorder(t, "mail")
+	store := storePath(t)
+	loadConfig(t, jsonGateway(store, `"cache_ttl": 60000000000`, backend.addr()), "json")
 	createAccount(t, "acme", "growth")
 	k := createKey(t, "acme", "server", "test")
 

@@ -1,7 +1,6 @@
 package test
 
 import (
-	"fmt"
 	"io"
 	"net/http"
 	"regexp"
@@ -369,26 +368,7 @@ func TestPlansInJSON(t *testing.T) {
 	backend := newRecorder(t, "mail")
 	store := storePath(t)
 	config := func(plans string) string {
-		return fmt.Sprintf(`{
-	"admin": {"listen": %q},
-	"apps": {
-		"http": {
-			"grace_period": 1000000000,
-			"servers": {
-				"gateway": {
-					"listen": [":9080"],
-					"automatic_https": {"disable": true},
-					"routes": [{
-						"handle": [
-							{"handler": "postscale", "store": {"backend": "sqlite", "path": %q}, "plans": %s},
-							{"handler": "reverse_proxy", "upstreams": [{"dial": %q}]}
-						]
-					}]
-				}
-			}
-		}
-	}
-}`, adminAddr, store, plans, backend.addr())
+		return jsonGateway(store, `"plans": `+plans, backend.addr())
 	}
 	good := config(`{"slow": {"rate": 0.05, "burst": 3}, "trial": {"rate": 0.5}}`)
 	loadConfig(t, good, "json")
