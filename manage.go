@@ -155,33 +155,31 @@ func (m storeManager) CreateAccount(ctx context.Context, req AccountRequest) (Ac
 // UpdateAccount changes an account's plan or limits. Running gateways apply
 // it from the account's next request on.
 func (m storeManager) UpdateAccount(ctx context.Context, id string, req AccountUpdate) (Account, error) {
-	a, err := m.store.GetAccount(ctx, id)
-	if err != nil {
-		return a, notFoundAs(err, "account", id)
-	}
-	next := AccountRequest{ID: id, Plan: a.Plan, Rate: a.Rate, Burst: a.Burst}
-	if req.Plan != nil && *req.Plan != a.Plan {
-		next.Plan = *req.Plan
-		if next.Plan != "enterprise" {
-			next.Rate, next.Burst = 0, 0 // custom limits belong to enterprise
-		} else if req.Rate == nil {
-			next.Burst = 0
+	updated, err := m.store.UpdateAccount(ctx, id, func(a Account) (Account, error) {
+		next := AccountRequest{ID: id, Plan: a.Plan, Rate: a.Rate, Burst: a.Burst}
+		if req.Plan != nil && *req.Plan != a.Plan {
+			next.Plan = *req.Plan
+			if next.Plan != "enterprise" {
+				next.Rate, next.Burst = 0, 0 // custom limits belong to enterprise
+			} else if req.Rate == nil {
+				next.Burst = 0
+			}
 		}
-	}
-	if req.Rate != nil {
-		next.Rate = *req.Rate
-		if req.Burst == nil {
-			next.Burst = 0 // back to the default: the new rate
+		if req.Rate != nil {
+			next.Rate = *req.Rate
+			if req.Burst == nil {
+				next.Burst = 0 // back to the default: the new rate
+			}
 		}
-	}
-	if req.Burst != nil {
-		next.Burst = *req.Burst
-	}
-	if err := checkLimits(&next); err != nil {
-		return Account{}, err
-	}
-	a.Plan, a.Rate, a.Burst = next.Plan, next.Rate, next.Burst
-	updated, err := m.store.UpdateAccount(ctx, a)
+		if req.Burst != nil {
+			next.Burst = *req.Burst
+		}
+		if err := checkLimits(&next); err != nil {
+			return a, err
+		}
+		a.Plan, a.Rate, a.Burst = next.Plan, next.Rate, next.Burst
+		return a, nil
+	})
 	if err != nil {
 		return updated, notFoundAs(err, "account", id)
 	}

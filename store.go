@@ -43,9 +43,12 @@ type Store interface {
 	// GetAccount returns the account with that id, or ErrNotFound.
 	GetAccount(ctx context.Context, id string) (Account, error)
 
-	// UpdateAccount changes an account's plan and limits and returns the
-	// updated account, or ErrNotFound.
-	UpdateAccount(ctx context.Context, a Account) (Account, error)
+	// UpdateAccount reads the account, passes it to update, and stores the
+	// plan and limits update returns, all in one transaction, so
+	// concurrent updates never lose one another. It returns the stored
+	// account, ErrNotFound, or update's error as it is (then nothing
+	// changes).
+	UpdateAccount(ctx context.Context, id string, update func(Account) (Account, error)) (Account, error)
 
 	// CreateKey adds a key record, or returns ErrExists if its id or hash
 	// is taken, or ErrNotFound if its account does not exist.

@@ -348,7 +348,7 @@ func testStoreContract(t *testing.T, open func(t *testing.T) Store) {
 			a := contractCreateAccount(t, s, "acme")
 			k := contractCreateKey(t, s, "acme", contractT0)
 			a.Plan, a.Rate, a.Burst = "enterprise", 250, 400
-			got, err := s.UpdateAccount(t.Context(), a)
+			got, err := s.UpdateAccount(t.Context(), "acme", func(Account) (Account, error) { return a, nil })
 			if err != nil {
 				t.Fatalf("UpdateAccount: %v", err)
 			}
@@ -361,8 +361,58 @@ func testStoreContract(t *testing.T, open func(t *testing.T) Store) {
 		})
 		t.Run("Unknown", func(t *testing.T) {
 			s := open(t)
-			if _, err := s.UpdateAccount(t.Context(), Account{ID: "ghost", Plan: "growth"}); !errors.Is(err, ErrNotFound) {
-				t.Fatalf("UpdateAccount(ghost): got %v, want ErrNotFound", err)
+			called := false
+			_, err := s.UpdateAccount(t.Context(), "ghost", func(a Account) (Account, error) { called = true; return a, nil })
+			if !errors.Is(err, ErrNotFound) || called {
+				t.Fatalf("UpdateAccount(ghost): got %v (update called: %v), want ErrNotFound without a call", err, called)
+			}
+		})
+		t.Run("UpdateErrorChangesNothing", func(t *testing.T) {
+			s := open(t)
+			a := contractCreateAccount(t, s, "acme")
+			refuse := errors.New("refused")
+			_, err := s.UpdateAccount(t.Context(), "acme", func(b Account) (Account, error) {
+				b.Plan = "scale"
+				return b, refuse
+			})
+			if !errors.Is(err, refuse) {
+				t.Fatalf("UpdateAccount with a failing update: got %v, want its error", err)
+			}
+			got, err := s.GetAccount(t.Context(), "acme")
+			if err != nil {
+				t.Fatal(err)
+			}
+			contractCheckAccount(t, "account after a refused update", got, a)
+		})
+		t.Run("ConcurrentUpdatesAllApply", func(t *testing.T) {
+			s := open(t)
+			a := contractCreateAccount(t, s, "acme")
+			a.Plan, a.Rate, a.Burst = "enterprise", 10, 0
+			if _, err := s.UpdateAccount(t.Context(), "acme", func(Account) (Account, error) { return a, nil }); err != nil {
+				t.Fatal(err)
+			}
+			const workers, each = 4, 10
+			var wg sync.WaitGroup
+			for range workers {
+				wg.Go(func() {
+					for range each {
+						_, err := s.UpdateAccount(t.Context(), "acme", func(b Account) (Account, error) {
+							b.Burst++
+							return b, nil
+						})
+						if err != nil {
+							t.Error(err)
+						}
+					}
+				})
+			}
+			wg.Wait()
+			got, err := s.GetAccount(t.Context(), "acme")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Burst != workers*each {
+				t.Errorf("after %d concurrent increments: burst %d, want %d (an update was lost)", workers*each, got.Burst, workers*each)
 			}
 		})
 		t.Run("Watched", func(t *testing.T) {
@@ -371,7 +421,7 @@ func testStoreContract(t *testing.T, open func(t *testing.T) Store) {
 			w := contractStartWatch(t, s)
 			w.sync(t, s, "acme")
 			a.Plan = "scale"
-			if _, err := s.UpdateAccount(t.Context(), a); err != nil {
+			if _, err := s.UpdateAccount(t.Context(), "acme", func(Account) (Account, error) { return a, nil }); err != nil {
 				t.Fatal(err)
 			}
 			deadline := time.Now().Add(contractWatchTimeout)

@@ -281,10 +281,15 @@ func (s *SQLiteStore) CreateAccount(ctx context.Context, a Account) error {
 
 // GetAccount implements Store.
 func (s *SQLiteStore) GetAccount(ctx context.Context, id string) (Account, error) {
+	return scanAccount(s.db.QueryRowContext(ctx, `SELECT `+accountColumns+` FROM accounts WHERE id = ?`, id))
+}
+
+const accountColumns = `id, plan, rate, burst, created_at`
+
+func scanAccount(row rowScanner) (Account, error) {
 	var a Account
 	var created int64
-	err := s.db.QueryRowContext(ctx, `SELECT id, plan, rate, burst, created_at FROM accounts WHERE id = ?`, id).
-		Scan(&a.ID, &a.Plan, &a.Rate, &a.Burst, &created)
+	err := row.Scan(&a.ID, &a.Plan, &a.Rate, &a.Burst, &created)
 	if errors.Is(err, sql.ErrNoRows) {
 		return a, ErrNotFound
 	}
@@ -292,22 +297,27 @@ func (s *SQLiteStore) GetAccount(ctx context.Context, id string) (Account, error
 	return a, err
 }
 
-// UpdateAccount implements Store.
-func (s *SQLiteStore) UpdateAccount(ctx context.Context, a Account) (Account, error) {
-	err := s.write(ctx, []Change{{Account: a.ID}}, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE accounts SET plan = ?, rate = ?, burst = ? WHERE id = ?`, a.Plan, a.Rate, a.Burst, a.ID)
+// UpdateAccount implements Store. The write transaction is immediate, so
+// the read inside it already holds the write lock.
+func (s *SQLiteStore) UpdateAccount(ctx context.Context, id string, update func(Account) (Account, error)) (Account, error) {
+	var updated Account
+	err := s.write(ctx, []Change{{Account: id}}, func(tx *sql.Tx) error {
+		a, err := scanAccount(tx.QueryRowContext(ctx, `SELECT `+accountColumns+` FROM accounts WHERE id = ?`, id))
 		if err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return ErrNotFound
+		if updated, err = update(a); err != nil {
+			return err
 		}
-		return nil
+		updated.ID, updated.CreatedAt = a.ID, a.CreatedAt
+		_, err = tx.ExecContext(ctx, `UPDATE accounts SET plan = ?, rate = ?, burst = ? WHERE id = ?`,
+			updated.Plan, updated.Rate, updated.Burst, id)
+		return err
 	})
 	if err != nil {
 		return Account{}, err
 	}
-	return s.GetAccount(ctx, a.ID)
+	return updated, nil
 }
 
 // CreateKey implements Store.
