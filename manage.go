@@ -221,12 +221,9 @@ func (m storeManager) CreateKey(ctx context.Context, req KeyRequest) (CreatedKey
 	if req.Account == "" {
 		return CreatedKey{}, badInput("account", "is required")
 	}
-	name := strings.TrimSpace(req.Name)
-	if name == "" {
-		return CreatedKey{}, badInput("name", "is required: say what the key is for, e.g. \"production server\"")
-	}
-	if len([]rune(name)) > maxKeyNameLen || strings.IndexFunc(name, unicode.IsControl) >= 0 {
-		return CreatedKey{}, badInput("name", "must be at most %d characters, without control characters", maxKeyNameLen)
+	name, err := checkKeyName("name", req.Name)
+	if err != nil {
+		return CreatedKey{}, err
 	}
 	if req.Mode == "" {
 		req.Mode = "live"
@@ -238,10 +235,8 @@ func (m storeManager) CreateKey(ctx context.Context, req KeyRequest) (CreatedKey
 	if req.ExpiresAt != nil && !req.ExpiresAt.After(now) {
 		return CreatedKey{}, badInput("expires_at", "must be in the future")
 	}
-	for _, sc := range req.Scopes {
-		if !validScope(sc) {
-			return CreatedKey{}, badInput("scopes", "a scope is 1 to 64 characters of printable ASCII without spaces, quotes or backslashes, e.g. emails:send")
-		}
+	if err := checkScopes("scopes", req.Scopes); err != nil {
+		return CreatedKey{}, err
 	}
 	if _, err := s.GetAccount(ctx, req.Account); err != nil {
 		if errors.Is(err, ErrNotFound) {
@@ -259,6 +254,25 @@ func (m storeManager) CreateKey(ctx context.Context, req KeyRequest) (CreatedKey
 	// Drop a cached "unknown key" for this hash, however unlikely.
 	m.notify(Change{KeyHash: rec.Hash})
 	return CreatedKey{KeyRecord: rec, Key: plaintext}, nil
+}
+
+// checkKeyName returns a key's name trimmed, or an input error on field.
+func checkKeyName(field, name string) (string, error) {
+	name = strings.TrimSpace(name)
+	if name == "" || len([]rune(name)) > maxKeyNameLen || strings.IndexFunc(name, unicode.IsControl) >= 0 {
+		return "", badInput(field, "is required: say what the key is for (e.g. \"production server\"), in at most %d characters without control characters", maxKeyNameLen)
+	}
+	return name, nil
+}
+
+// checkScopes checks a key's scopes, or returns an input error on field.
+func checkScopes(field string, scopes []string) error {
+	for _, sc := range scopes {
+		if !validScope(sc) {
+			return badInput(field, "a scope is 1 to 64 characters of printable ASCII without spaces, quotes or backslashes, e.g. emails:send")
+		}
+	}
+	return nil
 }
 
 // issueKey makes a new key and its record.
@@ -336,15 +350,14 @@ func (m storeManager) ImportKeys(ctx context.Context, req ImportRequest) (Import
 	accounts := map[string]bool{}
 	for i, in := range req.Keys {
 		field := func(name string) string { return fmt.Sprintf("keys[%d].%s", i, name) }
-		rec := KeyRecord{Account: in.Account, Name: strings.TrimSpace(in.Name), Scopes: in.Scopes, Legacy: true, CreatedAt: now.UTC()}
-		if rec.Name == "" || len([]rune(rec.Name)) > maxKeyNameLen || strings.IndexFunc(rec.Name, unicode.IsControl) >= 0 {
-			return ImportResult{}, badInput(field("name"), "is required: at most %d characters, without control characters", maxKeyNameLen)
+		name, err := checkKeyName(field("name"), in.Name)
+		if err != nil {
+			return ImportResult{}, err
 		}
-		for _, sc := range in.Scopes {
-			if !validScope(sc) {
-				return ImportResult{}, badInput(field("scopes"), "a scope is 1 to 64 characters of printable ASCII without spaces, quotes or backslashes")
-			}
+		if err := checkScopes(field("scopes"), in.Scopes); err != nil {
+			return ImportResult{}, err
 		}
+		rec := KeyRecord{Account: in.Account, Name: name, Scopes: in.Scopes, Legacy: true, CreatedAt: now.UTC()}
 		var mode Mode
 		if in.Mode != "" {
 			var err error
