@@ -56,6 +56,18 @@ func TestNewKeyFormatAndChecksum(t *testing.T) {
 	}
 }
 
+func TestCRCMatchesTheLibrary(t *testing.T) {
+	buf := make([]byte, 200)
+	for i := range buf {
+		buf[i] = byte(i*131 + 7)
+	}
+	for n := range len(buf) {
+		if got, want := crcIEEE(buf[:n]), crc32.ChecksumIEEE(buf[:n]); got != want {
+			t.Fatalf("crcIEEE of %d bytes: got %08x, want %08x", n, got, want)
+		}
+	}
+}
+
 func TestChecksumPadding(t *testing.T) {
 	// A zero checksum must come out as six '0' digits, the largest CRC-32
 	// fits in six base62 digits.
