@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -333,5 +334,43 @@ func TestEnterpriseAccountUsesItsOwnLimit(t *testing.T) {
 	}
 	if fmt.Sprint(codes) != "[202 202 202 429]" {
 		t.Errorf("statuses: got %v, want [202 202 202 429] (burst 3)", codes)
+	}
+}
+
+// BenchmarkTakeParallel takes tokens from every core at once, each
+// goroutine cycling through its own 1000 accounts: the shards keep
+// different accounts off each other's locks.
+func BenchmarkTakeParallel(b *testing.B) {
+	buckets := newBuckets()
+	l := mustLimit(b, "scale", Plan{Rate: maxRate, Burst: maxBurst})
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		base := next.Add(1) * 1000
+		keys := make([]bucketKey, 1000)
+		for i := range keys {
+			keys[i] = bucketKey{account: fmt.Sprintf("acct_%d", base+int64(i)), mode: ModeLive}
+		}
+		now := t0
+		for i := 0; pb.Next(); i++ {
+			now = now.Add(time.Microsecond)
+			buckets.take(keys[i%len(keys)], l, now)
+		}
+	})
+}
+
+// BenchmarkTake is BenchmarkTakeParallel on one goroutine, for comparison.
+func BenchmarkTake(b *testing.B) {
+	buckets := newBuckets()
+	l := mustLimit(b, "scale", Plan{Rate: maxRate, Burst: maxBurst})
+	keys := make([]bucketKey, 1000)
+	for i := range keys {
+		keys[i] = bucketKey{account: fmt.Sprintf("acct_%d", i), mode: ModeLive}
+	}
+	b.ReportAllocs()
+	now := t0
+	for i := 0; b.Loop(); i++ {
+		now = now.Add(time.Microsecond)
+		buckets.take(keys[i%len(keys)], l, now)
 	}
 }
