@@ -188,15 +188,7 @@ func request(t *testing.T, method, path, body string, headers ...string) respons
 		}
 		req.Header.Add(name, strings.TrimLeft(value, " "))
 	}
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s: reading body: %v", method, path, err)
-	}
+	resp, b := send(t, req)
 	return response{status: resp.StatusCode, header: resp.Header, body: b}
 }
 
@@ -371,14 +363,20 @@ func adminDo(t *testing.T, method, path string, in any) (*http.Response, []byte)
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	return send(t, req)
+}
+
+// send sends req and reads the whole answer.
+func send(t *testing.T, req *http.Request) (*http.Response, []byte) {
+	t.Helper()
 	resp, err := httpClient.Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
+		t.Fatalf("%s %s: %v", req.Method, req.URL.Path, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatalf("%s %s: reading the answer: %v", method, path, err)
+		t.Fatalf("%s %s: reading the answer: %v", req.Method, req.URL.Path, err)
 	}
 	return resp, b
 }

@@ -45,7 +45,7 @@ func hammer(key string, workers int) (stop func() []loadResult) {
 					return
 				default:
 				}
-				results[w] = append(results[w], send(client, key))
+				results[w] = append(results[w], sendTimed(client, key))
 			}
 		})
 	}
@@ -61,7 +61,8 @@ func hammer(key string, workers int) (stop func() []loadResult) {
 	}
 }
 
-func send(client *http.Client, key string) loadResult {
+// sendTimed makes one request with key and notes when it started.
+func sendTimed(client *http.Client, key string) loadResult {
 	req, err := http.NewRequest(http.MethodGet, gatewayURL+"/v1/emails", nil)
 	if err != nil {
 		return loadResult{start: time.Now(), err: err}
