@@ -1,6 +1,7 @@
 package postscale
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -73,31 +74,24 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if r.Method != http.MethodPost {
 			return method(http.MethodPost)
 		}
-		var req AccountRequest
-		if err = decodeBody(r, &req); err == nil {
-			out, err = m.CreateAccount(ctx, req)
-			status = http.StatusCreated
-		}
+		out, err = withBody(r, m.CreateAccount)
+		status = http.StatusCreated
 	case collection == "accounts" && action == "":
 		switch r.Method {
 		case http.MethodGet:
 			out, err = m.GetAccount(ctx, id)
 		case http.MethodPatch:
-			var req AccountUpdate
-			if err = decodeBody(r, &req); err == nil {
-				out, err = m.UpdateAccount(ctx, id, req)
-			}
+			out, err = withBody(r, func(ctx context.Context, req AccountUpdate) (Account, error) {
+				return m.UpdateAccount(ctx, id, req)
+			})
 		default:
 			return method(http.MethodGet, http.MethodPatch)
 		}
 	case collection == "keys" && id == "":
 		switch r.Method {
 		case http.MethodPost:
-			var req KeyRequest
-			if err = decodeBody(r, &req); err == nil {
-				out, err = m.CreateKey(ctx, req)
-				status = http.StatusCreated
-			}
+			out, err = withBody(r, m.CreateKey)
+			status = http.StatusCreated
 		case http.MethodGet:
 			out, err = m.ListKeys(ctx, r.URL.Query().Get("account"))
 		default:
@@ -107,11 +101,8 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if r.Method != http.MethodPost {
 			return method(http.MethodPost)
 		}
-		var req ImportRequest
-		if err = decodeBody(r, &req); err == nil {
-			out, err = m.ImportKeys(ctx, req)
-			status = http.StatusCreated
-		}
+		out, err = withBody(r, m.ImportKeys)
+		status = http.StatusCreated
 	case collection == "keys" && action == "":
 		switch r.Method {
 		case http.MethodGet:
@@ -152,6 +143,15 @@ func (a *adminAPI) keyring(r *http.Request) (*keyring, error) {
 		return nil, errNoStore
 	}
 	return app.(*App).keyring(r.URL.Query().Get("store"))
+}
+
+// withBody decodes the request body as fn's input and calls fn with it.
+func withBody[In, Out any](r *http.Request, fn func(context.Context, In) (Out, error)) (any, error) {
+	var in In
+	if err := decodeBody(r, &in); err != nil {
+		return nil, err
+	}
+	return fn(r.Context(), in)
 }
 
 func decodeBody(r *http.Request, v any) error {

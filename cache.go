@@ -356,14 +356,7 @@ func (k *keyring) apply(c Change) {
 // can be served the old entry, and no lookup that started before can
 // re-cache it.
 func (k *keyring) invalidate(h [sha256.Size]byte) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.closed {
-		return
-	}
-	k.gen.Add(1)
-	k.cache.Del(cacheIndex(&h))
-	k.cache.Wait()
+	k.invalidating(func() { k.cache.Del(cacheIndex(&h)) })
 }
 
 // invalidateAccount drops every cached key of an account, e.g. after a
@@ -378,28 +371,37 @@ func (k *keyring) invalidateAll() {
 	k.invalidateWhere(func(*entry) bool { return true })
 }
 
-// invalidateWhere drops the cached entries drop selects. Like invalidate,
-// it bumps gen first, so no lookup that began before can re-cache one.
+// invalidateWhere drops the cached entries match selects.
 func (k *keyring) invalidateWhere(match func(*entry) bool) {
+	k.invalidating(func() {
+		// Let ristretto apply the sets still in its buffer, so the walk
+		// sees them; none can be added for the old generation any more.
+		k.cache.Wait()
+		var drop []uint64
+		k.cache.IterValues(func(e *entry) bool {
+			if match(e) {
+				drop = append(drop, cacheIndex(&e.hash))
+			}
+			return false
+		})
+		for _, i := range drop {
+			k.cache.Del(i)
+		}
+	})
+}
+
+// invalidating runs del, which deletes from the cache, under the
+// invalidation protocol (see keyring): gen is bumped first under mu, so no
+// lookup that began before can re-cache what del drops, and the cache has
+// applied the deletes when it returns.
+func (k *keyring) invalidating(del func()) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.closed {
 		return
 	}
 	k.gen.Add(1)
-	// Let ristretto apply the sets still in its buffer, so the walk below
-	// sees them; none can be added for the old generation any more.
-	k.cache.Wait()
-	var drop []uint64
-	k.cache.IterValues(func(e *entry) bool {
-		if match(e) {
-			drop = append(drop, cacheIndex(&e.hash))
-		}
-		return false
-	})
-	for _, i := range drop {
-		k.cache.Del(i)
-	}
+	del()
 	k.cache.Wait()
 }
 

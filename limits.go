@@ -42,13 +42,22 @@ const (
 	maxBurst = 1_000_000_000
 )
 
-// withDefaultBurst fills in Burst and checks the plan.
-func (p Plan) withDefaultBurst() (Plan, error) {
+// problem names the field of p that is out of bounds and says why, or
+// returns "" for a valid plan.
+func (p Plan) problem() (field, why string) {
 	if !(p.Rate >= minRate && p.Rate <= maxRate) {
-		return p, fmt.Errorf("rate must be between %v and %v requests per second, got %v", minRate, maxRate, p.Rate)
+		return "rate", fmt.Sprintf("must be between %v and %v requests per second, got %v", minRate, maxRate, p.Rate)
 	}
 	if p.Burst < 0 || p.Burst > maxBurst {
-		return p, fmt.Errorf("burst must be between 1 and %d (0: the rate), got %d", maxBurst, p.Burst)
+		return "burst", fmt.Sprintf("must be between 1 and %d (0: the rate), got %d", maxBurst, p.Burst)
+	}
+	return "", ""
+}
+
+// withDefaultBurst fills in Burst and checks the plan.
+func (p Plan) withDefaultBurst() (Plan, error) {
+	if field, why := p.problem(); field != "" {
+		return p, fmt.Errorf("%s %s", field, why)
 	}
 	if p.Burst == 0 {
 		p.Burst = int(math.Ceil(p.Rate))
@@ -59,13 +68,12 @@ func (p Plan) withDefaultBurst() (Plan, error) {
 // limit is a plan resolved for the request path: its bucket size, and its
 // RateLimit-Policy header built once.
 type limit struct {
-	name   string
-	rate   rate.Limit
-	burst  int
-	policy string // RateLimit-Policy value
-	// refill is the time a bucket takes to refill from empty, in whole
-	// seconds (at least 1): the w of the policy.
-	window int64
+	name  string
+	rate  rate.Limit
+	burst int
+	// policy is the RateLimit-Policy value; its w is the time an empty
+	// bucket takes to refill, in whole seconds (at least 1).
+	policy string
 	// since is when this limit came into force (the config load, or the
 	// account update reaching the cache): a bucket that was under another
 	// limit switches to this one from then, not from its next request.
@@ -81,8 +89,8 @@ func newLimit(name string, p Plan, since time.Time) *limit {
 	for _, m := range []Mode{ModeLive, ModeTest} {
 		l.admitted[m] = metrics.requests.WithLabelValues(outcomeLabels[outcomeAdmitted], m.String(), name)
 	}
-	l.window = max(1, int64(math.Ceil(float64(p.Burst)/p.Rate)))
-	l.policy = fmt.Sprintf("%q;q=%d;w=%d", name, p.Burst, l.window)
+	window := max(1, int64(math.Ceil(float64(p.Burst)/p.Rate)))
+	l.policy = fmt.Sprintf("%q;q=%d;w=%d", name, p.Burst, window)
 	return l
 }
 

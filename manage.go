@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"github.com/caddyserver/caddy/v2"
-	"math"
 	"regexp"
 	"strings"
 	"time"
@@ -194,15 +193,12 @@ func checkLimits(req *AccountRequest) error {
 		return badInput("plan", "must name a plan: 1 to 32 characters of a-z, 0-9, _ and - (e.g. starter, growth, scale, enterprise)")
 	}
 	if req.Plan == "enterprise" {
-		if !(req.Rate >= minRate && req.Rate <= maxRate) {
-			return badInput("rate", "an enterprise account needs a rate between %v and %v requests per second", minRate, maxRate)
+		p := Plan{Rate: req.Rate, Burst: req.Burst}
+		if field, why := p.problem(); field != "" {
+			return badInput(field, "an enterprise account's %s %s", field, why)
 		}
-		if req.Burst < 0 || req.Burst > maxBurst {
-			return badInput("burst", "must be between 1 and %d (0 or absent: the rate)", maxBurst)
-		}
-		if req.Burst == 0 {
-			req.Burst = int(math.Ceil(req.Rate))
-		}
+		p, _ = p.withDefaultBurst()
+		req.Burst = p.Burst
 	} else if req.Rate != 0 || req.Burst != 0 {
 		return badInput("rate", "custom rate and burst are for the enterprise plan only; plan %q has its own", req.Plan)
 	}
@@ -238,18 +234,13 @@ func (m storeManager) CreateKey(ctx context.Context, req KeyRequest) (CreatedKey
 	if err := checkScopes("scopes", req.Scopes); err != nil {
 		return CreatedKey{}, err
 	}
-	if _, err := s.GetAccount(ctx, req.Account); err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return CreatedKey{}, fmt.Errorf("account %q: %w", req.Account, ErrNotFound)
-		}
-		return CreatedKey{}, err
-	}
 	rec, plaintext, err := issueKey(req.Account, name, mode, req.Scopes, req.ExpiresAt, now)
 	if err != nil {
 		return CreatedKey{}, err
 	}
+	// The store refuses a key of an unknown account (ErrNotFound).
 	if err := s.CreateKey(ctx, rec); err != nil {
-		return CreatedKey{}, err
+		return CreatedKey{}, notFoundAs(err, "account", req.Account)
 	}
 	// Drop a cached "unknown key" for this hash, however unlikely.
 	m.notify(Change{KeyHash: rec.Hash})

@@ -113,6 +113,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("protect: %w", err)
 		}
 	}
+	if err := h.resolvePlans(); err != nil {
+		return err
+	}
+	for i := range h.RequireScopes {
+		if err := h.RequireScopes[i].provision(ctx); err != nil {
+			return err
+		}
+	}
 	if h.StoreRaw == nil {
 		h.StoreRaw = json.RawMessage(`{"backend":"sqlite"}`)
 	}
@@ -123,14 +131,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.store = mod.(Store)
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
-	}
-	if err := h.resolvePlans(); err != nil {
-		return err
-	}
-	for i := range h.RequireScopes {
-		if err := h.RequireScopes[i].provision(ctx); err != nil {
-			return err
-		}
 	}
 	h.keys, err = loadKeyring(h.store, ctx.Logger().Named("keyring"))
 	if err != nil {
@@ -154,14 +154,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// resolvePlans merges Plans over DefaultPlans into the limits the request
-// path uses.
+// resolvePlans checks Plans and merges them over DefaultPlans into the
+// limits the request path uses.
 func (h *Handler) resolvePlans() error {
 	now := time.Now()
 	h.unknownPlans = new(sync.Map)
 	h.limits = make(map[string]*limit, len(DefaultPlans)+len(h.Plans))
 	for _, plans := range []map[string]Plan{DefaultPlans, h.Plans} {
 		for name, p := range plans {
+			if !planNamePattern.MatchString(name) {
+				return fmt.Errorf("plans: %q: a plan name is 1 to 32 characters of a-z, 0-9, _ and -", name)
+			}
 			p, err := p.withDefaultBurst()
 			if err != nil {
 				return fmt.Errorf("plans: %s: %w", name, err)
@@ -179,14 +182,6 @@ func (h *Handler) Validate() error {
 	}
 	if h.NegativeTTL < 0 {
 		return fmt.Errorf("negative_ttl must not be negative, got %s", time.Duration(h.NegativeTTL))
-	}
-	for name, p := range h.Plans {
-		if !planNamePattern.MatchString(name) {
-			return fmt.Errorf("plans: %q: a plan name is 1 to 32 characters of a-z, 0-9, _ and -", name)
-		}
-		if _, err := p.withDefaultBurst(); err != nil {
-			return fmt.Errorf("plans: %s: %w", name, err)
-		}
 	}
 	return nil
 }

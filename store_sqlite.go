@@ -551,7 +551,7 @@ func sqliteErr(err error) error {
 		case sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAINT_UNIQUE:
 			return fmt.Errorf("%w: %v", ErrExists, err)
 		case sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
-			return fmt.Errorf("account: %w", ErrNotFound)
+			return ErrNotFound // the only foreign key: the key's account
 		}
 	}
 	return err
