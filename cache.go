@@ -26,6 +26,9 @@ import (
 type entry struct {
 	hash  [sha256.Size]byte
 	found bool
+	// loaded is when the store gave this answer: while the store's change
+	// feed is lost, an entry older than staleAfter is looked up again.
+	loaded time.Time
 
 	keyID, keyName, accountID, plan string
 	mode                            Mode
@@ -51,6 +54,7 @@ func newEntry(h [sha256.Size]byte, k KeyRecord, a Account, now time.Time) *entry
 	e := &entry{
 		hash:      h,
 		found:     true,
+		loaded:    now,
 		keyID:     k.ID,
 		keyName:   k.Name,
 		accountID: a.ID,
@@ -100,9 +104,10 @@ type keyring struct {
 	// failing is true from a failed store lookup to the next good one, so
 	// that an outage is logged once each way, not per request.
 	failing atomic.Bool
-
-	// lookupTimeout bounds one store lookup.
-	lookupTimeout time.Duration
+	// feedLost is true while the store's change feed is lost (from a
+	// Change with Lost to the next with All): cached entries older than
+	// staleAfter are looked up again before they are used.
+	feedLost atomic.Bool
 
 	// usage holds a *usage per key id with requests not yet flushed.
 	usage   sync.Map
@@ -128,7 +133,20 @@ func newKeyring(store Store, logger *zap.Logger) (*keyring, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating key cache: %w", err)
 	}
-	return &keyring{store: store, cache: cache, logger: logger, lookupTimeout: 5 * time.Second}, nil
+	return &keyring{store: store, cache: cache, logger: logger}, nil
+}
+
+// staleAfter is how old a cached entry may be, while the change feed is
+// lost, before it is looked up again: the bound on how late a change made
+// elsewhere takes effect here without pushed changes.
+const staleAfter = time.Second
+
+// lookupPolicy is how a handler wants keys looked up: how long answers are
+// cached, and how long one store lookup may take.
+type lookupPolicy struct {
+	ttl     time.Duration // a key found in the store
+	negTTL  time.Duration // a key the store does not know
+	timeout time.Duration // one store lookup; then the lookup fails
 }
 
 // usageFlushInterval is how often request counts go to the store.
@@ -283,33 +301,50 @@ func (k *keyring) flushUsage(ctx context.Context) {
 func cacheIndex(h *[sha256.Size]byte) uint64 { return binary.LittleEndian.Uint64(h[:8]) }
 
 // get returns the entry for a key hash: from the cache when it holds one,
-// else from the store through singleflight, caching the answer for ttl
-// (negTTL when the store does not know the hash). An error means the store
-// could not answer; nothing is cached then.
-func (k *keyring) get(ctx context.Context, h *[sha256.Size]byte, ttl, negTTL time.Duration) (*entry, bool, error) {
-	if e, ok := k.cache.Get(cacheIndex(h)); ok && hashEqual(&e.hash, h) {
+// else from the store through singleflight, caching the answer for p.ttl
+// (p.negTTL when the store does not know the hash). An error means the
+// store could not answer; nothing is cached then. While the change feed is
+// lost, a cached entry older than staleAfter is looked up again, and kept
+// if the store cannot answer.
+func (k *keyring) get(ctx context.Context, h *[sha256.Size]byte, p lookupPolicy) (*entry, bool, error) {
+	e, ok := k.cache.Get(cacheIndex(h))
+	if ok && hashEqual(&e.hash, h) {
+		if !k.feedLost.Load() || time.Since(e.loaded) < staleAfter {
+			metrics.cacheHits.Inc()
+			return e, true, nil
+		}
+		if fresh, err := k.lookup(ctx, h, p); err == nil {
+			return fresh, false, nil
+		}
 		metrics.cacheHits.Inc()
 		return e, true, nil
 	}
 	metrics.cacheMisses.Inc()
+	e, err := k.lookup(ctx, h, p)
+	return e, false, err
+}
+
+// lookup asks the store for h through singleflight and caches the answer.
+func (k *keyring) lookup(ctx context.Context, h *[sha256.Size]byte, p lookupPolicy) (*entry, error) {
 	gen := k.gen.Load()
 	var sfKey [sha256.Size + 8]byte
 	copy(sfKey[:], h[:])
 	binary.LittleEndian.PutUint64(sfKey[sha256.Size:], gen)
 	v, err, _ := k.group.Do(string(sfKey[:]), func() (any, error) {
-		return k.load(ctx, *h, gen, ttl, negTTL)
+		return k.load(ctx, *h, gen, p)
 	})
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
-	return v.(*entry), false, nil
+	return v.(*entry), nil
 }
 
-func (k *keyring) load(ctx context.Context, h [sha256.Size]byte, gen uint64, ttl, negTTL time.Duration) (*entry, error) {
+func (k *keyring) load(ctx context.Context, h [sha256.Size]byte, gen uint64, p lookupPolicy) (*entry, error) {
 	// The lookup serves every request waiting on it, so it must not end
 	// when the first of them goes away.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), k.lookupTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.timeout)
 	defer cancel()
+	ttl := p.ttl
 	metrics.storeLookups.Inc()
 	start := time.Now()
 	rec, acct, err := k.store.LookupKey(ctx, h)
@@ -320,7 +355,7 @@ func (k *keyring) load(ctx context.Context, h [sha256.Size]byte, gen uint64, ttl
 		e = newEntry(h, rec, acct, time.Now())
 		e.usage = k.usageOf(rec.ID)
 	case errors.Is(err, ErrNotFound):
-		e, ttl = &entry{hash: h}, negTTL
+		e, ttl = &entry{hash: h, loaded: time.Now()}, p.negTTL
 	default:
 		if k.failing.CompareAndSwap(false, true) {
 			k.logger.Warn("key store lookups failing: uncached keys get 503 until it answers again", zap.Error(err))
@@ -340,8 +375,13 @@ func (k *keyring) load(ctx context.Context, h [sha256.Size]byte, gen uint64, ttl
 
 // apply drops from the cache whatever a store change touched.
 func (k *keyring) apply(c Change) {
+	if c.Lost {
+		k.feedLost.Store(true)
+		return
+	}
 	if c.All {
 		k.invalidateAll()
+		k.feedLost.Store(false)
 		return
 	}
 	if c.Account != "" {

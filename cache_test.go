@@ -102,6 +102,9 @@ func newTestKeyring(t testing.TB, s Store) *keyring {
 	return k
 }
 
+// testPolicy caches for a minute and lets a lookup take a second.
+var testPolicy = lookupPolicy{ttl: time.Minute, negTTL: time.Minute, timeout: time.Second}
+
 // settle waits until ristretto has applied pending sets, so that the next
 // Get sees them.
 func settle(k *keyring) { k.cache.Wait() }
@@ -112,13 +115,13 @@ func TestKeyringCachesFoundKeys(t *testing.T) {
 	key, rec := s.add(t)
 	h := HashKey(key)
 
-	e, hit, err := k.get(context.Background(), &h, time.Minute, time.Minute)
+	e, hit, err := k.get(context.Background(), &h, testPolicy)
 	if err != nil || hit || !e.found || e.keyID != rec.ID {
 		t.Fatalf("first get: entry %+v, hit %v, err %v; want found %s from the store", e, hit, err, rec.ID)
 	}
 	settle(k)
 	for range 100 {
-		if _, hit, _ := k.get(context.Background(), &h, time.Minute, time.Minute); !hit {
+		if _, hit, _ := k.get(context.Background(), &h, testPolicy); !hit {
 			t.Fatal("a cached key missed the cache")
 		}
 	}
@@ -133,7 +136,7 @@ func TestKeyringNegativeEntries(t *testing.T) {
 	unknown, _ := NewKey(ModeLive)
 	h := HashKey(unknown)
 	for range 50 {
-		e, _, err := k.get(context.Background(), &h, time.Minute, time.Minute)
+		e, _, err := k.get(context.Background(), &h, testPolicy)
 		if err != nil || e.found {
 			t.Fatalf("unknown key: entry found=%v err=%v; want not found", e.found, err)
 		}
@@ -154,20 +157,20 @@ func TestKeyringTTL(t *testing.T) {
 
 	// A found key lives for ttl, an unknown one for negTTL.
 	const ttl, negTTL = 300 * time.Millisecond, 300 * time.Millisecond
-	k.get(context.Background(), &h, ttl, negTTL)
-	k.get(context.Background(), &hu, ttl, negTTL)
+	k.get(context.Background(), &h, lookupPolicy{ttl: ttl, negTTL: negTTL, timeout: time.Second})
+	k.get(context.Background(), &hu, lookupPolicy{ttl: ttl, negTTL: negTTL, timeout: time.Second})
 	settle(k)
-	if _, hit, _ := k.get(context.Background(), &h, ttl, negTTL); !hit {
+	if _, hit, _ := k.get(context.Background(), &h, lookupPolicy{ttl: ttl, negTTL: negTTL, timeout: time.Second}); !hit {
 		t.Fatal("found key not cached")
 	}
-	if _, hit, _ := k.get(context.Background(), &hu, ttl, negTTL); !hit {
+	if _, hit, _ := k.get(context.Background(), &hu, lookupPolicy{ttl: ttl, negTTL: negTTL, timeout: time.Second}); !hit {
 		t.Fatal("unknown key not cached")
 	}
 	time.Sleep(ttl + 100*time.Millisecond)
-	if _, hit, _ := k.get(context.Background(), &h, ttl, negTTL); hit {
+	if _, hit, _ := k.get(context.Background(), &h, lookupPolicy{ttl: ttl, negTTL: negTTL, timeout: time.Second}); hit {
 		t.Error("found key still cached after its TTL")
 	}
-	if _, hit, _ := k.get(context.Background(), &hu, ttl, negTTL); hit {
+	if _, hit, _ := k.get(context.Background(), &hu, lookupPolicy{ttl: ttl, negTTL: negTTL, timeout: time.Second}); hit {
 		t.Error("unknown key still cached after the negative TTL")
 	}
 }
@@ -179,7 +182,7 @@ func TestKeyringStoreErrorsAreNotCached(t *testing.T) {
 	h := HashKey(key)
 	s.fail = errors.New("connection refused")
 	for range 3 {
-		if _, _, err := k.get(context.Background(), &h, time.Minute, time.Minute); err == nil {
+		if _, _, err := k.get(context.Background(), &h, testPolicy); err == nil {
 			t.Fatal("get succeeded while the store fails")
 		}
 		settle(k)
@@ -187,7 +190,7 @@ func TestKeyringStoreErrorsAreNotCached(t *testing.T) {
 	s.mu.Lock()
 	s.fail = nil
 	s.mu.Unlock()
-	e, _, err := k.get(context.Background(), &h, time.Minute, time.Minute)
+	e, _, err := k.get(context.Background(), &h, testPolicy)
 	if err != nil || !e.found {
 		t.Fatalf("after the store recovered: found=%v err=%v", e != nil && e.found, err)
 	}
@@ -209,7 +212,7 @@ func TestKeyringSingleflight(t *testing.T) {
 	results := make(chan *entry, n)
 	for range n {
 		wg.Go(func() {
-			e, _, err := k.get(context.Background(), &h, time.Minute, time.Minute)
+			e, _, err := k.get(context.Background(), &h, testPolicy)
 			if err != nil {
 				t.Error(err)
 			}
@@ -250,7 +253,7 @@ func TestKeyringRevocationRace(t *testing.T) {
 		s.setHold(hold, entered)
 		inflight := make(chan *entry, 1)
 		go func() {
-			e, _, _ := k.get(context.Background(), &h, time.Minute, time.Minute)
+			e, _, _ := k.get(context.Background(), &h, testPolicy)
 			inflight <- e
 		}()
 		<-entered
@@ -272,7 +275,7 @@ func TestKeyringRevocationRace(t *testing.T) {
 			t.Fatal("the held lookup was supposed to carry the unrevoked record")
 		}
 		settle(k)
-		e, _, err := k.get(context.Background(), &h, time.Minute, time.Minute)
+		e, _, err := k.get(context.Background(), &h, testPolicy)
 		if err != nil || !e.revoked {
 			t.Fatalf("after the stale lookup finished: revoked=%v err=%v; want the revoked record", e != nil && e.revoked, err)
 		}
@@ -282,7 +285,7 @@ func TestKeyringRevocationRace(t *testing.T) {
 		k, _, h, release := begin(t)
 		got := make(chan *entry, 1)
 		go func() {
-			e, _, _ := k.get(context.Background(), &h, time.Minute, time.Minute)
+			e, _, _ := k.get(context.Background(), &h, testPolicy)
 			got <- e
 		}()
 		select {
@@ -327,12 +330,12 @@ func TestKeyringInvalidateAccount(t *testing.T) {
 	key1, _ := s.add(t)
 	key2, _ := s.add(t)
 	h1, h2 := HashKey(key1), HashKey(key2)
-	k.get(context.Background(), &h1, time.Minute, time.Minute)
-	k.get(context.Background(), &h2, time.Minute, time.Minute)
+	k.get(context.Background(), &h1, testPolicy)
+	k.get(context.Background(), &h2, testPolicy)
 	settle(k)
 	k.apply(Change{Account: "acme"})
 	for _, h := range []*[sha256.Size]byte{&h1, &h2} {
-		if _, hit, _ := k.get(context.Background(), h, time.Minute, time.Minute); hit {
+		if _, hit, _ := k.get(context.Background(), h, testPolicy); hit {
 			t.Error("a key of the changed account is still cached")
 		}
 	}

@@ -39,8 +39,18 @@ func parseCaddyfile(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error)
 //	    store sqlite [<path>] {
 //	        poll_interval <duration>
 //	    }
+//	    store postgres <dsn> {
+//	        max_conns <n>
+//	    }
 //	    cache_ttl <duration>
 //	    negative_ttl <duration>
+//	    lookup_timeout <duration>
+//	    limiter local
+//	    limiter redis <url> {
+//	        replicas <n>
+//	        timeout <duration>
+//	        prefix <string>
+//	    }
 //	    legacy_keys
 //	    forward_authorization
 //	    plan <name> <rate> [<burst>]
@@ -105,6 +115,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.StoreRaw = caddyconfig.JSONModuleObject(mod, "backend", backend, nil)
+		case "limiter":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			backend := d.Val()
+			mod, err := caddyfile.UnmarshalModule(d, "postscale.limiters."+backend)
+			if err != nil {
+				return err
+			}
+			h.LimiterRaw = caddyconfig.JSONModuleObject(mod, "backend", backend, nil)
 		case "require_scope":
 			if !d.NextArg() {
 				return d.ArgErr()
@@ -130,7 +150,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				rule.MatchRaw = caddyhttp.RawMatcherSets{set}
 			}
 			h.RequireScopes = append(h.RequireScopes, rule)
-		case "cache_ttl", "negative_ttl":
+		case "cache_ttl", "negative_ttl", "lookup_timeout":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
@@ -144,10 +164,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
-			if name == "cache_ttl" {
+			switch name {
+			case "cache_ttl":
 				h.CacheTTL = caddy.Duration(dur)
-			} else {
+			case "negative_ttl":
 				h.NegativeTTL = caddy.Duration(dur)
+			default:
+				h.LookupTimeout = caddy.Duration(dur)
 			}
 		case "legacy_keys":
 			if d.NextArg() {
@@ -201,8 +224,24 @@ func (s *SQLiteStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// UnmarshalCaddyfile sets up the local limiter from the tokens after
+// "limiter". Syntax:
+//
+//	local
+func (l *LocalLimiter) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume backend name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if d.NextBlock(0) {
+		return d.Errf("the local limiter takes no options, got %q", d.Val())
+	}
+	return nil
+}
+
 // Interface guards.
 var (
 	_ caddyfile.Unmarshaler = (*Handler)(nil)
 	_ caddyfile.Unmarshaler = (*SQLiteStore)(nil)
+	_ caddyfile.Unmarshaler = (*LocalLimiter)(nil)
 )

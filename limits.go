@@ -205,10 +205,17 @@ func (b *buckets) take(k bucketKey, l *limit, now time.Time) state {
 		}
 	}
 	lim.touched = now
-	s := state{admitted: lim.AllowN(now, 1)}
+	admitted := lim.AllowN(now, 1)
 	tokens := lim.TokensAt(now)
 	sh.mu.Unlock()
+	return decided(admitted, tokens, l)
+}
 
+// decided is the state of a bucket of limit l that holds tokens after
+// admitting (or refusing) a request; every limiter answers through it, so
+// all of them send the same fields for the same bucket.
+func decided(admitted bool, tokens float64, l *limit) state {
+	s := state{admitted: admitted}
 	s.remaining = max(0, int64(math.Floor(tokens)))
 	s.full = secondsCeil((float64(l.burst) - tokens) / float64(l.rate))
 	if !s.admitted {

@@ -50,6 +50,16 @@ type Handler struct {
 	// Default: 30s.
 	NegativeTTL caddy.Duration `json:"negative_ttl,omitempty"`
 
+	// LookupTimeout bounds one store lookup of a key that is not cached;
+	// past it the request gets 503 store_unavailable. Default: 1s.
+	LookupTimeout caddy.Duration `json:"lookup_timeout,omitempty"`
+
+	// LimiterRaw decides the rate limits, a module in the
+	// postscale.limiters namespace. Default: buckets in this process
+	// ({"backend": "local"}); {"backend": "redis"} shares them between
+	// replicas.
+	LimiterRaw json.RawMessage `json:"limiter,omitempty" caddy:"namespace=postscale.limiters inline_key=backend"`
+
 	// LegacyKeys accepts imported keys of the old system, which carry no
 	// checksum. Default: off (only issued keys with a valid checksum).
 	LegacyKeys bool `json:"legacy_keys,omitempty"`
@@ -72,7 +82,8 @@ type Handler struct {
 	protect caddyhttp.MatcherSets
 	store   Store
 	keys    *keyring
-	buckets *buckets
+	lookup  lookupPolicy
+	limiter Limiter
 	limits  map[string]*limit // by plan name, defaults merged in
 	logger  *zap.Logger
 
@@ -83,8 +94,9 @@ type Handler struct {
 
 // Defaults of the optional fields.
 const (
-	DefaultCacheTTL    = 5 * time.Minute
-	DefaultNegativeTTL = 30 * time.Second
+	DefaultCacheTTL      = 5 * time.Minute
+	DefaultNegativeTTL   = 30 * time.Second
+	DefaultLookupTimeout = time.Second
 )
 
 // CaddyModule returns the Caddy module information.
@@ -104,6 +116,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.NegativeTTL == 0 {
 		h.NegativeTTL = caddy.Duration(DefaultNegativeTTL)
 	}
+	if h.LookupTimeout == 0 {
+		h.LookupTimeout = caddy.Duration(DefaultLookupTimeout)
+	}
+	h.lookup = lookupPolicy{ttl: time.Duration(h.CacheTTL), negTTL: time.Duration(h.NegativeTTL), timeout: time.Duration(h.LookupTimeout)}
 	if h.ProtectRaw != nil {
 		mods, err := ctx.LoadModule(h, "ProtectRaw")
 		if err != nil {
@@ -136,9 +152,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	h.buckets, err = loadBuckets(h.store.Identity())
+	if h.LimiterRaw == nil {
+		h.LimiterRaw = json.RawMessage(`{"backend":"local"}`)
+	}
+	mod, err = ctx.LoadModule(h, "LimiterRaw")
 	if err != nil {
-		return err
+		return fmt.Errorf("loading limiter: %w", err)
+	}
+	h.limiter = mod.(Limiter)
+	if sb, ok := h.limiter.(storeBound); ok {
+		if err := sb.bind(h.store.Identity()); err != nil {
+			return fmt.Errorf("limiter: %w", err)
+		}
 	}
 	app, err := ctx.App("postscale")
 	if err != nil {
@@ -183,20 +208,19 @@ func (h *Handler) Validate() error {
 	if h.NegativeTTL < 0 {
 		return fmt.Errorf("negative_ttl must not be negative, got %s", time.Duration(h.NegativeTTL))
 	}
+	if h.LookupTimeout < 0 {
+		return fmt.Errorf("lookup_timeout must not be negative, got %s", time.Duration(h.LookupTimeout))
+	}
 	return nil
 }
 
-// Cleanup releases this config's hold on the keyring.
+// Cleanup releases this config's hold on the keyring. (Caddy cleans up
+// the store and limiter modules itself.)
 func (h *Handler) Cleanup() error {
 	if h.keys == nil {
 		return nil
 	}
 	_, err := keyrings.Delete(h.store.Identity())
-	if h.buckets != nil {
-		if _, err2 := bucketSets.Delete(h.store.Identity()); err == nil {
-			err = err2
-		}
-	}
 	return err
 }
 
@@ -257,7 +281,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return nil
 		}
 	}
-	st := h.buckets.take(bucketKey{account: e.accountID, mode: e.mode}, l, now)
+	st := h.limiter.Take(r.Context(), bucketKey{account: e.accountID, mode: e.mode}, l, now)
 	wh["Ratelimit-Policy"] = oneValue(vals, valPolicy, l.policy)
 	wh["Ratelimit"] = oneValue(vals, valRateLimit, rateLimitHeader(l, st))
 	if !st.admitted {
@@ -325,7 +349,7 @@ func (h *Handler) check(r *http.Request, now time.Time) (*entry, outcome) {
 	if err != nil {
 		return nil, outcomeInvalid
 	}
-	e, _, err := h.keys.get(r.Context(), &key.Hash, time.Duration(h.CacheTTL), time.Duration(h.NegativeTTL))
+	e, _, err := h.keys.get(r.Context(), &key.Hash, h.lookup)
 	if err != nil {
 		if c := h.logger.Check(zapcore.DebugLevel, "key store unavailable; answering 503"); c != nil {
 			c.Write(zap.Error(err))

@@ -24,7 +24,8 @@ func newTestHandler(t testing.TB, s Store, plans map[string]Plan) *Handler {
 		Plans:       plans,
 		store:       s,
 		keys:        newTestKeyring(t, s),
-		buckets:     newBuckets(),
+		lookup:      testPolicy,
+		limiter:     &LocalLimiter{buckets: newBuckets()},
 		logger:      zap.NewNop(),
 	}
 	if err := h.resolvePlans(); err != nil {

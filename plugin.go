@@ -23,6 +23,7 @@ func init() {
 	caddy.RegisterModule(new(App))
 	caddy.RegisterModule(adminAPI{})
 	caddy.RegisterModule(SQLiteStore{})
+	caddy.RegisterModule(LocalLimiter{})
 	httpcaddyfile.RegisterDirective("postscale", parseCaddyfile)
 	// Among the authentication directives: after rewrites, before every
 	// handle, route, respond and proxy, so none of them can be reached

@@ -80,9 +80,12 @@ type Store interface {
 	// any process sharing the store, until ctx is done, when it returns
 	// ctx.Err(). Once it has found its place in the store's changes (and
 	// again whenever it may have lost it), it calls fn with All set, so
-	// that what was cached before is dropped. fn is called from one
-	// goroutine at a time. Watch retries on its own while the store is
-	// unreachable; it returns another error only if it cannot watch at all.
+	// that what was cached before is dropped. A store that pushes changes
+	// calls fn with Lost set when it stops hearing them (its listening
+	// connection dropped), and with All once it hears them again. fn is
+	// called from one goroutine at a time. Watch retries on its own while
+	// the store is unreachable; it returns another error only if it cannot
+	// watch at all.
 	Watch(ctx context.Context, fn func(Change)) error
 }
 
@@ -92,8 +95,12 @@ type Change struct {
 	KeyHash [sha256.Size]byte // zero when the change is to an account
 	Account string            // the account changed; empty for a key change
 	// All means changes may have been missed (the watch just started, or
-	// reconnected): caches drop everything.
+	// reconnected): caches drop everything. It also ends a Lost.
 	All bool
+	// Lost means the feed went quiet: until the next All, changes made
+	// elsewhere are not reported, so caches look an entry up again once it
+	// is staleAfter old (keeping it if the store cannot answer).
+	Lost bool
 }
 
 // Usage is what one key did since the last flush.

@@ -11,6 +11,12 @@ if [[ -n $unformatted ]]; then
 fi
 go vet ./...
 
+# The PostgreSQL and Redis tests use these servers (each test makes its own
+# database and key prefix, and removes them). Without them those tests
+# skip, saying so; in CI they must run.
+export POSTSCALE_TEST_POSTGRES=${POSTSCALE_TEST_POSTGRES-postgres://postgres@127.0.0.1:5432/test?sslmode=disable}
+export POSTSCALE_TEST_REDIS=${POSTSCALE_TEST_REDIS-redis://127.0.0.1:6379/0}
+
 # The race detector needs cgo and a C compiler; without one (a bare Go
 # install) the tests still run, without it. CI always has one.
 race=-race
