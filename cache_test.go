@@ -340,3 +340,71 @@ func TestKeyringInvalidateAccount(t *testing.T) {
 		}
 	}
 }
+
+// While the change feed is lost, a change made elsewhere (here: straight
+// in the store, with no Change) shows once the cached entry is staleAfter
+// old; a store that cannot answer then keeps the cached entry; the next
+// All ends the rechecking.
+func TestKeyringRechecksWhileFeedLost(t *testing.T) {
+	s := newFakeStore()
+	k := newTestKeyring(t, s)
+	key, _ := s.add(t)
+	h := HashKey(key)
+	unknown := HashKey("ps_live_not-in-the-store")
+	for _, hh := range []*[32]byte{&h, &unknown} {
+		if _, _, err := k.get(context.Background(), hh, testPolicy); err != nil {
+			t.Fatal(err)
+		}
+	}
+	settle(k)
+
+	k.apply(Change{Lost: true})
+	s.revoke(h)
+	other, _ := s.add(t)
+	s.mu.Lock()
+	s.keys[unknown] = s.keys[HashKey(other)] // the unknown key now exists
+	s.mu.Unlock()
+	if e, hit, _ := k.get(context.Background(), &h, testPolicy); !hit || e.revoked {
+		t.Fatalf("feed lost, entry fresh: hit=%v revoked=%v; want the cached, unrevoked entry", hit, e.revoked)
+	}
+
+	time.Sleep(staleAfter + 50*time.Millisecond)
+	before := s.lookups.Load()
+	if e, hit, err := k.get(context.Background(), &h, testPolicy); err != nil || hit || !e.revoked {
+		t.Fatalf("feed lost, entry %v old: hit=%v revoked=%v err=%v; want a new lookup that sees the revocation", staleAfter, hit, e != nil && e.revoked, err)
+	}
+	if e, _, err := k.get(context.Background(), &unknown, testPolicy); err != nil || !e.found {
+		t.Fatalf("feed lost, negative entry %v old: found=%v err=%v; want a new lookup that finds the key", staleAfter, e != nil && e.found, err)
+	}
+	if got := s.lookups.Load() - before; got != 2 {
+		t.Errorf("lookups for two stale entries: got %d, want 2", got)
+	}
+	settle(k)
+
+	// The store goes down too: stale entries are kept, not turned into 503s.
+	time.Sleep(staleAfter + 50*time.Millisecond)
+	s.mu.Lock()
+	s.fail = errors.New("connection refused")
+	s.mu.Unlock()
+	if e, hit, err := k.get(context.Background(), &h, testPolicy); err != nil || !hit || !e.revoked {
+		t.Fatalf("feed lost, store down: hit=%v err=%v; want the cached (revoked) entry kept", hit, err)
+	}
+
+	// Back: All drops everything, and fresh entries are used as they are.
+	s.mu.Lock()
+	s.fail = nil
+	s.mu.Unlock()
+	k.apply(Change{All: true})
+	if _, hit, _ := k.get(context.Background(), &h, testPolicy); hit {
+		t.Fatal("after All: got a cache hit, want everything dropped")
+	}
+	settle(k)
+	before = s.lookups.Load()
+	time.Sleep(staleAfter + 50*time.Millisecond)
+	if _, hit, _ := k.get(context.Background(), &h, testPolicy); !hit {
+		t.Error("feed back, entry older than staleAfter: got a lookup, want the cached entry")
+	}
+	if got := s.lookups.Load() - before; got != 0 {
+		t.Errorf("lookups with the feed back: got %d, want 0", got)
+	}
+}
