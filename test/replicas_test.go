@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"fmt"
+	"math"
 	"net/http"
 	"slices"
 	"strings"
@@ -312,5 +313,71 @@ func TestPostgresCut(t *testing.T) {
 			}
 			t.Logf("store back: the uncached key works after %v", took)
 		})
+	}
+}
+
+// What a replica logs when it falls back from Redis and when it goes back.
+const (
+	limiterFellBackLog = "LIMITER_FELL_BACK"
+	limiterBackLog     = "LIMITER_BACK"
+)
+
+// checkAbout fails the test unless got is within frac of want.
+func checkAbout(t *testing.T, what string, got, want, frac float64) {
+	t.Helper()
+	t.Logf("%s: admitted %.0f, ideal %.1f, error %+.2f%%", what, got, want, 100*(got-want)/want)
+	if got < (1-frac)*want || got > (1+frac)*want {
+		t.Errorf("%s: admitted %.0f, want within %.0f%% of %.1f", what, got, 100*frac, want)
+	}
+}
+
+// Redis cut mid-run between three replicas and Redis (hung, then
+// refusing): every request is still answered, within the limiter timeout
+// plus a little, never with a 5xx; the fleet admits about the plan from the
+// replicas' shares; each replica logs the switch once each way; and the
+// cluster-wide limit comes back with Redis.
+func TestRedisCut(t *testing.T) {
+	redisURL, prefix := testenv.Redis(t)
+	proxy := testenv.NewProxy(t, testenv.RedisAddr(t, redisURL))
+	gws, key := startFleet(t, 3, testenv.ThroughProxy(t, redisURL, proxy.Addr()), prefix)
+	const rate, burst, n = 50.0, 50.0, 3
+	shareBurst := n * math.Ceil(burst/n) // each replica starts with ceil(burst/n)
+
+	run := func(what string, d time.Duration, wantBurst, frac float64) *offered {
+		t.Helper()
+		start := time.Now()
+		o := offer(t, gws, key, rate, d)
+		elapsed := time.Since(start)
+		t.Logf("%s: %s", what, o)
+		checkAbout(t, what, float64(o.admitted.Load()), rate*elapsed.Seconds()+wantBurst, frac)
+		if o.other.Load() != 0 {
+			t.Errorf("%s: %d answers were neither 200 nor 429", what, o.other.Load())
+		}
+		return o
+	}
+	run("Redis up", 3*time.Second, burst, 0.05)
+
+	for i, fault := range []struct {
+		name  string
+		apply func()
+	}{{"hung", proxy.Swallow}, {"refusing", proxy.Refuse}} {
+		fault.apply()
+		o := run("Redis "+fault.name, 3*time.Second, shareBurst, 0.15)
+		if worst := time.Duration(o.maxLatency.Load()); worst > 500*time.Millisecond {
+			t.Errorf("Redis %s: slowest answer took %v, want about the 50ms timeout", fault.name, worst)
+		}
+		for _, g := range gws {
+			if got := g.logLines(limiterFellBackLog); got != i+1 {
+				t.Errorf("Redis %s: replica %s logged the fallback %d times in all, want %d", fault.name, g.name, got, i+1)
+			}
+		}
+		proxy.Pass()
+		for _, g := range gws {
+			if took, ok := waitFor(5*time.Second, func() bool { return g.logLines(limiterBackLog) == i+1 }); !ok {
+				t.Fatalf("Redis back: replica %s did not log going back within %v", g.name, took)
+			}
+		}
+		time.Sleep(time.Second) // let the buckets refill, as after any quiet second
+		run("Redis back after "+fault.name, 3*time.Second, burst, 0.05)
 	}
 }
