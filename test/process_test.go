@@ -74,7 +74,7 @@ func freePort(t *testing.T) int {
 }
 
 // proc is one gateway process. Its Caddyfile reads its admin address and
-// HTTP port from {$POSTSCALE_ADMIN} and {$POSTSCALE_HTTP_PORT}, which the
+// HTTP port from {$POSTSCALE_ADMIN} and {$POSTSCALE_LISTEN_PORT}, which the
 // harness sets, beside whatever env the test gives.
 type proc struct {
 	name      string
@@ -92,7 +92,7 @@ type proc struct {
 // with.
 const procGlobals = `{
 	admin {$POSTSCALE_ADMIN}
-	http_port {$POSTSCALE_HTTP_PORT}
+	http_port {$POSTSCALE_LISTEN_PORT}
 	auto_https off
 	grace_period 2s
 }
@@ -113,7 +113,7 @@ func startProc(t *testing.T, name, caddyfile string, env ...string) *proc {
 	p.httpPort = freePort(t)
 	p.env = append(p.env,
 		"POSTSCALE_ADMIN="+p.adminAddr,
-		"POSTSCALE_HTTP_PORT="+strconv.Itoa(p.httpPort),
+		"POSTSCALE_LISTEN_PORT="+strconv.Itoa(p.httpPort),
 		"XDG_DATA_HOME="+filepath.Join(dir, "data"),
 		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"),
 		"HOME="+dir,

@@ -19,7 +19,7 @@ import (
 // in front of upstream, with extra subdirectives. The bulk plan is there
 // so that tests of the store are never limited.
 func replicaSite(upstream, extra string) string {
-	return procGlobals + fmt.Sprintf(`:{$POSTSCALE_HTTP_PORT} {
+	return procGlobals + fmt.Sprintf(`:{$POSTSCALE_LISTEN_PORT} {
 	postscale {
 		store postgres {env.PS_DSN}
 		plan bulk 100000
