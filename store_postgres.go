@@ -727,6 +727,9 @@ func (s *PostgresStore) follow(ctx context.Context, conn *pgx.Conn, fn func(Chan
 		cancel()
 		switch {
 		case err == nil:
+			if n == nil {
+				continue
+			}
 			if c, ok := parseHint(n.Payload); ok {
 				fn(c)
 			}
