@@ -10,7 +10,8 @@
 //
 // Modules: http.handlers.postscale (the handler), postscale (the app that
 // ties handlers to the admin API), admin.api.postscale, and the key stores
-// in the postscale.stores namespace (postscale.stores.sqlite, the default).
+// in the postscale.stores namespace (postscale.stores.sqlite, the default,
+// and postscale.stores.postgres, shared by several replicas).
 package postscale
 
 import (
@@ -23,6 +24,7 @@ func init() {
 	caddy.RegisterModule(new(App))
 	caddy.RegisterModule(adminAPI{})
 	caddy.RegisterModule(SQLiteStore{})
+	caddy.RegisterModule(PostgresStore{})
 	caddy.RegisterModule(LocalLimiter{})
 	httpcaddyfile.RegisterDirective("postscale", parseCaddyfile)
 	// Among the authentication directives: after rewrites, before every

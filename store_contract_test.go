@@ -533,6 +533,8 @@ func testStoreContract(t *testing.T, open func(t *testing.T) Store) {
 		}
 	})
 
+	t.Run("Keyring", func(t *testing.T) { contractKeyring(t, open) })
+
 	t.Run("Watch", func(t *testing.T) {
 		t.Run("ReportsCreatedKey", func(t *testing.T) {
 			s := open(t)
@@ -560,6 +562,81 @@ func testStoreContract(t *testing.T, open func(t *testing.T) Store) {
 				t.Fatalf("RevokeKey: %v", err)
 			}
 			w.waitFor(t, "RevokeKey", k.Hash, from)
+		})
+
+		t.Run("StartsWithAll", func(t *testing.T) {
+			s := open(t)
+			contractCreateAccount(t, s, "acme")
+			w := contractStartWatch(t, s)
+			w.sync(t, s, "acme")
+			w.mu.Lock()
+			first := w.changes[0]
+			w.mu.Unlock()
+			if !first.All {
+				t.Errorf("first change reported = %+v, want All (what was cached before Watch started may be stale)", first)
+			}
+		})
+
+		t.Run("ReportsCreatedKeys", func(t *testing.T) {
+			s := open(t)
+			contractCreateAccount(t, s, "acme")
+			w := contractStartWatch(t, s)
+			w.sync(t, s, "acme")
+
+			from := w.mark()
+			keys := []KeyRecord{
+				contractNewKey(t, "acme", ModeLive, contractT0),
+				contractNewKey(t, "acme", ModeTest, contractT0),
+				contractNewKey(t, "acme", ModeLive, contractT0.Add(time.Second)),
+			}
+			if err := s.CreateKeys(t.Context(), keys); err != nil {
+				t.Fatalf("CreateKeys: %v", err)
+			}
+			for i, k := range keys {
+				w.waitFor(t, fmt.Sprintf("CreateKeys (key %d of %d)", i+1, len(keys)), k.Hash, from)
+			}
+		})
+
+		t.Run("ReportsRolledKey", func(t *testing.T) {
+			s := open(t)
+			contractCreateAccount(t, s, "acme")
+			old := contractCreateKey(t, s, "acme", contractT0)
+			w := contractStartWatch(t, s)
+			w.sync(t, s, "acme")
+
+			from := w.mark()
+			next := contractNewKey(t, "acme", ModeLive, contractT0.Add(time.Hour))
+			if _, err := s.RollKey(t.Context(), old.ID, next, contractT0.Add(25*time.Hour)); err != nil {
+				t.Fatalf("RollKey: %v", err)
+			}
+			w.waitFor(t, "RollKey (the old key)", old.Hash, from)
+			w.waitFor(t, "RollKey (the replacement)", next.Hash, from)
+		})
+
+		t.Run("ReportsUpdatedAccount", func(t *testing.T) {
+			s := open(t)
+			contractCreateAccount(t, s, "acme")
+			contractCreateAccount(t, s, "other")
+			w := contractStartWatch(t, s)
+			w.sync(t, s, "acme")
+
+			from := w.mark()
+			if _, err := s.UpdateAccount(t.Context(), "other", func(a Account) (Account, error) {
+				a.Plan, a.Rate, a.Burst = "enterprise", 100, 200
+				return a, nil
+			}); err != nil {
+				t.Fatalf("UpdateAccount: %v", err)
+			}
+			start := time.Now()
+			for !w.seenAccountFrom("other", from) {
+				if time.Since(start) > contractWatchTimeout {
+					t.Fatalf("an account update was not reported by Watch within %v", contractWatchTimeout)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			if w.seenAccountFrom("acme", from) {
+				t.Errorf("an update of account other was reported as a change to acme")
+			}
 		})
 
 		t.Run("ReturnsWhenCancelled", func(t *testing.T) {
@@ -595,6 +672,140 @@ func testStoreContract(t *testing.T, open func(t *testing.T) Store) {
 				t.Fatal("Watch(cancelled ctx) did not return within 2s")
 			}
 		})
+	})
+}
+
+// contractHeldStore wraps a Store so that one lookup, once armed with a
+// key hash, asks the real store, sends its answer on answered, and then
+// waits for release before returning it: a lookup that read the record
+// just before something else happened.
+type contractHeldStore struct {
+	Store
+	answered chan KeyRecord
+	release  chan struct{}
+
+	mu    sync.Mutex
+	armed *[sha256.Size]byte
+}
+
+func newContractHeldStore(s Store) *contractHeldStore {
+	return &contractHeldStore{Store: s, answered: make(chan KeyRecord, 1), release: make(chan struct{})}
+}
+
+// holdNext arms the next lookup of h (only that one) to be held.
+func (s *contractHeldStore) holdNext(h [sha256.Size]byte) {
+	s.mu.Lock()
+	s.armed = &h
+	s.mu.Unlock()
+}
+
+func (s *contractHeldStore) LookupKey(ctx context.Context, h [sha256.Size]byte) (KeyRecord, Account, error) {
+	k, a, err := s.Store.LookupKey(ctx, h)
+	s.mu.Lock()
+	hold := s.armed != nil && *s.armed == h
+	if hold {
+		s.armed = nil
+	}
+	s.mu.Unlock()
+	if hold {
+		s.answered <- k
+		select {
+		case <-s.release:
+		case <-ctx.Done():
+		}
+	}
+	return k, a, err
+}
+
+// contractKeyring checks the keyring over a real store: a revocation that
+// commits while a lookup of the key is in flight with the still-valid
+// record, and that reaches the keyring through the store's own Watch, is
+// never undone by that lookup.
+func contractKeyring(t *testing.T, open func(t *testing.T) Store) {
+	t.Run("RevokeDuringHeldLookup", func(t *testing.T) {
+		s := open(t)
+		ctx := t.Context()
+		contractCreateAccount(t, s, "acme")
+		k := contractCreateKey(t, s, "acme", contractT0)
+		held := newContractHeldStore(s)
+		kr := newTestKeyring(t, held)
+		w := contractStartWatchThen(t, s, kr.apply)
+		w.sync(t, s, "acme")
+		policy := lookupPolicy{ttl: time.Hour, negTTL: time.Hour, timeout: 30 * time.Second}
+		get := func(what string) *entry {
+			t.Helper()
+			got := make(chan *entry, 1)
+			go func() {
+				e, _, err := kr.get(context.Background(), &k.Hash, policy)
+				if err != nil {
+					t.Errorf("%s: get: %v", what, err)
+				}
+				got <- e
+			}()
+			select {
+			case e := <-got:
+				return e
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%s: get did not return within 5s (it waits for the held lookup?)", what)
+				return nil
+			}
+		}
+
+		held.holdNext(k.Hash)
+		inflight := make(chan *entry, 1)
+		go func() {
+			e, _, err := kr.get(context.Background(), &k.Hash, policy)
+			if err != nil {
+				t.Errorf("held get: %v", err)
+			}
+			inflight <- e
+		}()
+		released := false
+		defer func() {
+			if !released {
+				close(held.release)
+			}
+		}()
+		select {
+		case rec := <-held.answered:
+			if rec.RevokedAt != nil {
+				t.Fatal("the held lookup read a revoked record; the race is not set up")
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the lookup did not reach the store within 5s")
+		}
+
+		from := w.mark()
+		if _, err := s.RevokeKey(ctx, k.ID, contractT0.Add(time.Hour)); err != nil {
+			t.Fatalf("RevokeKey: %v", err)
+		}
+		// Recorded only after kr.apply returned for it.
+		w.waitFor(t, "RevokeKey", k.Hash, from)
+
+		// A request after the revocation does not join the held lookup.
+		if e := get("request after the revocation, lookup still held"); e == nil || !e.revoked {
+			t.Fatalf("a request after the revocation was not served the revoked record (found=%v, revoked=%v)", e != nil && e.found, e != nil && e.revoked)
+		}
+
+		// Let the cache apply that answer, so a stale one set after it
+		// would replace it (ristretto drops a second set of a key still
+		// in its buffer, which would hide the bug this looks for).
+		settle(kr)
+
+		close(held.release)
+		released = true
+		select {
+		case <-inflight: // asked before the revocation: either answer is fair
+		case <-time.After(5 * time.Second):
+			t.Fatal("the held get did not return within 5s of its release")
+		}
+		for i := range 3 {
+			settle(kr)
+			if e := get(fmt.Sprintf("get #%d after the held lookup returned", i+1)); e == nil || !e.revoked {
+				t.Fatalf("after the held lookup returned, get #%d was not served the revoked record (found=%v, revoked=%v): the stale lookup re-cached the key",
+					i+1, e != nil && e.found, e != nil && e.revoked)
+			}
+		}
 	})
 }
 
@@ -745,11 +956,22 @@ type contractWatch struct {
 
 func contractStartWatch(t *testing.T, s Store) *contractWatch {
 	t.Helper()
+	return contractStartWatchThen(t, s, nil)
+}
+
+// contractStartWatchThen is contractStartWatch, with every change passed
+// to then (unless nil) before it is recorded: once a change is seen
+// recorded, then has returned for it.
+func contractStartWatchThen(t *testing.T, s Store, then func(Change)) *contractWatch {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &contractWatch{cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(w.done)
 		w.err = s.Watch(ctx, func(c Change) {
+			if then != nil {
+				then(c)
+			}
 			w.mu.Lock()
 			w.changes = append(w.changes, c)
 			w.mu.Unlock()
@@ -769,10 +991,14 @@ func contractStartWatch(t *testing.T, s Store) *contractWatch {
 }
 
 // seenAccount reports whether a change to the account was reported.
-func (w *contractWatch) seenAccount(id string) bool {
+func (w *contractWatch) seenAccount(id string) bool { return w.seenAccountFrom(id, 0) }
+
+// seenAccountFrom reports whether a change to the account was reported at
+// or after position from.
+func (w *contractWatch) seenAccountFrom(id string, from int) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for _, c := range w.changes {
+	for _, c := range w.changes[from:] {
 		if c.Account == id {
 			return true
 		}
