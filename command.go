@@ -31,9 +31,10 @@ When a Caddy instance runs, the commands go through its admin endpoint
 (found like 'caddy reload' finds it: --address, or the admin address in
 --config, or ` + caddy.DefaultAdminListen + `), so the instance applies a
 revocation before the command returns. When none runs, they open the
-embedded SQLite store directly (` + "`--store`" + ` names its file; default
-postscale/keys.db in Caddy's data directory), and running servers pick
-the change up within a second.
+store directly: ` + "`--store`" + ` names a SQLite file (default
+postscale/keys.db in Caddy's data directory) or a PostgreSQL URL
+(postgres://…), and running servers pick the change up within a second
+(PostgreSQL pushes it to them at once).
 
   caddy postscale account create acme --plan growth
   caddy postscale key create --account acme --name "production server"
@@ -48,7 +49,7 @@ it is shown this once and never again.`,
 			pf.String("address", "", "Address of the administration API listener (if --config is not used)")
 			pf.StringP("config", "c", "", "Configuration file to read the admin address from (if --address is not used)")
 			pf.StringP("adapter", "a", "", "Name of config adapter to apply (if --config is used)")
-			pf.String("store", "", "Path of a SQLite store to use directly instead of a running instance")
+			pf.String("store", "", "Store to use directly instead of a running instance: a SQLite file path, or a PostgreSQL URL (postgres://…)")
 			cmd.AddCommand(accountCommand(), keyCommand())
 		},
 	})
@@ -325,8 +326,8 @@ func withManager(run func(context.Context, *cobra.Command, Manager, []string) er
 	return func(cmd *cobra.Command, args []string) error {
 		cmd.SilenceUsage = true
 		fl := cmd.Flags()
-		storePath, _ := fl.GetString("store")
-		if storePath == "" {
+		storeName, _ := fl.GetString("store")
+		if storeName == "" {
 			address, _ := fl.GetString("address")
 			config, _ := fl.GetString("config")
 			adapter, _ := fl.GetString("adapter")
@@ -337,20 +338,35 @@ func withManager(run func(context.Context, *cobra.Command, Manager, []string) er
 			if adminAnswers(addr) {
 				return run(cmd.Context(), cmd, adminClient{addr: addr}, args)
 			}
-			storePath = DefaultSQLitePath()
-			fmt.Fprintf(cmd.ErrOrStderr(), "No Caddy admin endpoint at %s; using the store %s directly.\n", addr, storePath)
+			storeName = DefaultSQLitePath()
+			fmt.Fprintf(cmd.ErrOrStderr(), "No Caddy admin endpoint at %s; using the store %s directly.\n", addr, storeName)
 		}
-		s, err := OpenSQLiteStore(storePath)
-		if err != nil {
-			return err
-		}
-		defer s.Close()
 		ctx := cmd.Context()
 		if ctx == nil {
 			ctx = context.Background()
 		}
+		s, err := openStore(ctx, storeName)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
 		return run(ctx, cmd, storeManager{store: s, now: time.Now}, args)
 	}
+}
+
+// openStore opens a store outside of a Caddy config: a PostgreSQL store
+// for a postgres:// or postgresql:// URL, else the SQLite file at that
+// path.
+func openStore(ctx context.Context, name string) (interface {
+	Store
+	Close() error
+}, error) {
+	if strings.HasPrefix(name, "postgres://") || strings.HasPrefix(name, "postgresql://") {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return OpenPostgresStore(ctx, name)
+	}
+	return OpenSQLiteStore(name)
 }
 
 // adminAnswers reports whether something listens at the admin address.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	postscale "github.com/postscale/caddy-postscale"
+	"github.com/postscale/caddy-postscale/internal/testenv"
 )
 
 var issuedKey = regexp.MustCompile(`^ps_(live|test)_[0-9A-Za-z]{38}$`)
@@ -177,6 +178,20 @@ func TestCLISubcommands(t *testing.T) {
 		keys := cliSession(t, "--store", store)
 		backend := newRecorder(t, "mail")
 		loadCaddyfile(t, gatewaySite(store, backend.addr(), "legacy_keys"))
+		checkCLIKeys(t, backend, keys)
+	})
+	t.Run("straight on a PostgreSQL store", func(t *testing.T) {
+		dsn := testenv.Postgres(t)
+		keys := cliSession(t, "--store", dsn)
+		backend := newRecorder(t, "mail")
+		loadCaddyfile(t, fmt.Sprintf(`:9080 {
+	postscale {
+		store postgres %q
+		legacy_keys
+	}
+	reverse_proxy %s
+}
+`, dsn, backend.addr()))
 		checkCLIKeys(t, backend, keys)
 	})
 }
