@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -337,8 +338,13 @@ type redisShared struct {
 	shares *buckets
 
 	// fallback is set while Redis is failing: requests then decide on the
-	// shares without touching Redis.
+	// shares without touching Redis. Requests only read it; switching it
+	// (once per outage) takes mu, which Destruct also takes, so that
+	// requests still running on a closed client neither log a failure
+	// nor leave the gauge up.
 	fallback atomic.Bool
+	mu       sync.Mutex
+	closed   bool
 	// fell wakes the pinger when fallback is set.
 	fell chan struct{}
 
@@ -376,10 +382,17 @@ func newRedisShared(ctx context.Context, opts *redis.Options, timeout time.Durat
 
 // fallBack switches to the shares, once per outage.
 func (s *redisShared) fallBack(err error) {
-	if !s.fallback.CompareAndSwap(false, true) {
+	if s.fallback.Load() {
+		return // requests that were in flight together with the first
+	}
+	s.mu.Lock()
+	if s.closed || s.fallback.Load() {
+		s.mu.Unlock()
 		return
 	}
+	s.fallback.Store(true)
 	metricsLimiterFallback().Inc()
+	s.mu.Unlock()
 	s.logger.Load().Warn("redis limiter failing; each replica now decides locally on its share of the plans until Redis answers",
 		zap.String("addr", s.addr), zap.Error(err))
 	select {
@@ -421,8 +434,14 @@ func (s *redisShared) pingUntilBack(ctx context.Context) bool {
 			}
 			continue
 		}
-		if s.fallback.CompareAndSwap(true, false) {
+		s.mu.Lock()
+		back := !s.closed && s.fallback.Load()
+		if back {
+			s.fallback.Store(false)
 			metricsLimiterFallback().Dec()
+		}
+		s.mu.Unlock()
+		if back {
 			s.logger.Load().Info("redis limiter answers again; deciding in Redis", zap.String("addr", s.addr))
 		}
 	}
@@ -444,11 +463,14 @@ func (s *redisShared) probe(ctx context.Context) (err error) {
 // Destruct stops the pinger and the share sweeper and closes the client;
 // the pool calls it when the last config using them is unloaded.
 func (s *redisShared) Destruct() error {
-	s.cancel()
-	<-s.done
+	s.mu.Lock()
+	s.closed = true
 	if s.fallback.Load() {
 		metricsLimiterFallback().Dec()
 	}
+	s.mu.Unlock()
+	s.cancel()
+	<-s.done
 	_ = s.shares.Destruct()
 	return s.client.Close()
 }

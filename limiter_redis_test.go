@@ -191,6 +191,32 @@ func TestRedisLimiterCanceledRequest(t *testing.T) {
 	}
 }
 
+// TestRedisLimiterAfterCleanup: a request still running when the last
+// config using the connection is unloaded gets a local answer, with no
+// failure logged and the fallback gauge left alone.
+func TestRedisLimiterAfterCleanup(t *testing.T) {
+	url, prefix := testenv.Redis(t)
+	obs, logs := observer.New(zapcore.InfoLevel)
+	l := &RedisLimiter{URL: url, Prefix: prefix}
+	if err := l.open(context.Background(), zap.New(obs)); err != nil {
+		t.Fatal(err)
+	}
+	gauge := testutil.ToFloat64(metricsLimiterFallback())
+	if err := l.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	plan := mustLimit(t, "p", Plan{Rate: 1, Burst: 5})
+	if st := l.Take(context.Background(), bucketKey{account: "late", mode: ModeLive}, plan, time.Now()); !st.admitted {
+		t.Fatalf("request after cleanup: %+v; want admitted (a fresh bucket)", st)
+	}
+	if logs.Len() != 0 {
+		t.Errorf("logs: %v; want none", logs.All())
+	}
+	if got := testutil.ToFloat64(metricsLimiterFallback()); got != gauge {
+		t.Errorf("fallback gauge %v after cleanup; want %v", got, gauge)
+	}
+}
+
 // commandCounter counts the commands a client sends, by name.
 type commandCounter struct {
 	mu sync.Mutex
