@@ -54,9 +54,10 @@ import (
 // any window of length T that contains the outage, an account is admitted
 // at most
 //
-//	B + R·T          what the plan allows (the Redis bucket's own bound)
+//	B + R·T          what the plan allows: Redis's bucket outside the
+//	                 outage, and the shares' refill (R together) in it
 //	+ N·ceil(B/N)    the share buckets, first seen full (at most B+N-1)
-//	+ min(B, R·D)    what the Redis bucket refills during the outage,
+//	+ min(B, R·D)    what Redis's bucket refills during the outage,
 //	                 while the shares hand out that same rate
 //
 // and, on top, any request in flight when Redis stopped answering that
@@ -86,7 +87,8 @@ type RedisLimiter struct {
 
 	// Timeout bounds one decision in Redis; past it the replica falls back
 	// to its share. It is also the timeout of connecting, and of each
-	// ping while falling back. Default: 50ms.
+	// ping while falling back. A reload that changes it opens a new
+	// connection (the share buckets carry over). Default: 50ms.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
 	// Prefix starts the name of every key the limiter writes.
@@ -95,6 +97,8 @@ type RedisLimiter struct {
 
 	shared    *redisShared
 	poolKey   redisPoolKey
+	shares    *buckets
+	sharesKey redisSharesKey
 	timeout   time.Duration
 	keyPrefix [3]string // Prefix + "bucket:<mode>:", by mode
 }
@@ -170,18 +174,29 @@ func (l *RedisLimiter) open(ctx context.Context, logger *zap.Logger) error {
 	opts.WriteTimeout = l.timeout
 	opts.PoolTimeout = l.timeout
 
-	l.poolKey = redisPoolKey{url: rawURL, prefix: l.Prefix}
-	v, _, err := redisPools.LoadOrNew(l.poolKey, func() (caddy.Destructor, error) {
-		return newRedisShared(ctx, opts, l.timeout, logger), nil
+	l.sharesKey = redisSharesKey{url: rawURL, prefix: l.Prefix}
+	v, _, err := redisShareSets.LoadOrNew(l.sharesKey, func() (caddy.Destructor, error) {
+		b := newBuckets()
+		b.run()
+		return b, nil
 	})
 	if err != nil {
 		return err
 	}
+	l.shares = v.(*buckets)
+	l.poolKey = redisPoolKey{redisSharesKey: l.sharesKey, timeout: l.timeout}
+	v, _, err = redisPools.LoadOrNew(l.poolKey, func() (caddy.Destructor, error) {
+		return newRedisShared(ctx, opts, l.timeout, logger), nil
+	})
+	if err != nil {
+		_, _ = redisShareSets.Delete(l.sharesKey)
+		l.shares = nil
+		return err
+	}
 	l.shared = v.(*redisShared)
-	// The latest config's logger and timeout serve the shared pinger: an
-	// older config's logger may be closed once it is unloaded.
+	// The latest config's logger serves the shared pinger: an older
+	// config's logger may be closed once it is unloaded.
 	l.shared.logger.Store(logger)
-	l.shared.timeout.Store(int64(l.timeout))
 	return nil
 }
 
@@ -246,12 +261,12 @@ func parseTake(res []any) (admitted bool, tokens float64, err error) {
 // is a copy of lim on the stack, keeping its name and policy.
 func (l *RedisLimiter) takeShare(b bucketKey, lim *limit, now time.Time) state {
 	if l.Replicas <= 1 {
-		return l.shared.shares.take(b, lim, now)
+		return l.shares.take(b, lim, now)
 	}
 	share := *lim
 	share.rate = lim.rate / rate.Limit(l.Replicas)
 	share.burst = (lim.burst + l.Replicas - 1) / l.Replicas
-	return l.shared.shares.take(b, &share, now)
+	return l.shares.take(b, &share, now)
 }
 
 // Cleanup releases this config's hold on the connection and the share
@@ -261,7 +276,8 @@ func (l *RedisLimiter) Cleanup() error {
 		return nil
 	}
 	_, err := redisPools.Delete(l.poolKey)
-	return err
+	_, err2 := redisShareSets.Delete(l.sharesKey)
+	return errors.Join(err, err2)
 }
 
 // UnmarshalCaddyfile sets up the Redis limiter from the tokens after
@@ -286,6 +302,11 @@ func (l *RedisLimiter) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := make(map[string]bool)
 	for d.NextBlock(0) {
 		name := d.Val()
+		switch name {
+		case "replicas", "timeout", "prefix":
+		default:
+			return d.Errf("unrecognized redis limiter option %q", name)
+		}
 		if seen[name] {
 			return d.Errf("%s: given more than once", name)
 		}
@@ -315,27 +336,36 @@ func (l *RedisLimiter) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("prefix: must not be empty")
 			}
 			l.Prefix = val
-		default:
-			return d.Errf("unrecognized redis limiter option %q", name)
 		}
 	}
 	return nil
 }
 
-// redisPoolKey identifies a connection and its share buckets: the same
-// Redis and prefix mean the same buckets.
-type redisPoolKey struct{ url, prefix string }
+// redisSharesKey identifies a set of share buckets: the same Redis and
+// prefix mean the same buckets.
+type redisSharesKey struct{ url, prefix string }
+
+// redisShareSets holds the share buckets per redisSharesKey across config
+// reloads, so a reload gives nobody a fresh share.
+var redisShareSets = caddy.NewUsagePool()
+
+// redisPoolKey identifies a connection: its buckets, and the timeout its
+// sockets were opened with.
+type redisPoolKey struct {
+	redisSharesKey
+	timeout time.Duration
+}
 
 // redisPools holds a redisShared per redisPoolKey across config reloads,
-// so a reload drops neither connections nor share buckets.
+// so a reload keeps the connections.
 var redisPools = caddy.NewUsagePool()
 
-// redisShared is what the configs of one Redis URL and prefix share: the
-// client, the share buckets, and whether Redis is failing.
+// redisShared is what the configs of one redisPoolKey share: the client,
+// and whether Redis is failing.
 type redisShared struct {
-	client *redis.Client
-	addr   string // host:port, for the logs (the URL may hold a password)
-	shares *buckets
+	client  *redis.Client
+	addr    string        // host:port, for the logs (the URL may hold a password)
+	timeout time.Duration // of a ping
 
 	// fallback is set while Redis is failing: requests then decide on the
 	// shares without touching Redis. Requests only read it; switching it
@@ -348,8 +378,7 @@ type redisShared struct {
 	// fell wakes the pinger when fallback is set.
 	fell chan struct{}
 
-	logger  atomic.Pointer[zap.Logger]
-	timeout atomic.Int64 // of a ping, in nanoseconds
+	logger atomic.Pointer[zap.Logger]
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -357,15 +386,13 @@ type redisShared struct {
 
 func newRedisShared(ctx context.Context, opts *redis.Options, timeout time.Duration, logger *zap.Logger) *redisShared {
 	s := &redisShared{
-		client: redis.NewClient(opts),
-		addr:   opts.Addr,
-		shares: newBuckets(),
-		fell:   make(chan struct{}, 1),
-		done:   make(chan struct{}),
+		client:  redis.NewClient(opts),
+		addr:    opts.Addr,
+		timeout: timeout,
+		fell:    make(chan struct{}, 1),
+		done:    make(chan struct{}),
 	}
 	s.logger.Store(logger)
-	s.timeout.Store(int64(timeout))
-	s.shares.run()
 	// Loading the script now spares the first request a NOSCRIPT round
 	// trip, and tells whether Redis answers at all.
 	lctx, cancel := context.WithTimeout(ctx, timeout)
@@ -455,12 +482,12 @@ func (s *redisShared) probe(ctx context.Context) (err error) {
 			err = fmt.Errorf("panic while pinging redis: %v", p)
 		}
 	}()
-	ctx, cancel := context.WithTimeout(ctx, time.Duration(s.timeout.Load()))
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	return s.client.Ping(ctx).Err()
 }
 
-// Destruct stops the pinger and the share sweeper and closes the client;
+// Destruct stops the pinger and closes the client;
 // the pool calls it when the last config using them is unloaded.
 func (s *redisShared) Destruct() error {
 	s.mu.Lock()
@@ -471,7 +498,6 @@ func (s *redisShared) Destruct() error {
 	s.mu.Unlock()
 	s.cancel()
 	<-s.done
-	_ = s.shares.Destruct()
 	return s.client.Close()
 }
 

@@ -437,8 +437,23 @@ func TestRedisLimiterProvision(t *testing.T) {
 	if err := reloaded.open(context.Background(), zap.NewNop()); err != nil {
 		t.Fatal(err)
 	}
-	if reloaded.shared != l.shared {
-		t.Error("a config on the same URL and prefix opened another connection")
+	if reloaded.shared != l.shared || reloaded.shares != l.shares {
+		t.Error("a config on the same URL, prefix and timeout opened another connection or share set")
+	}
+	// A reload with another timeout: a connection with that timeout, the
+	// same shares.
+	slower := &RedisLimiter{URL: url, Prefix: prefix, Timeout: caddy.Duration(200 * time.Millisecond)}
+	if err := slower.open(context.Background(), zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+	if slower.shared == l.shared || slower.shares != l.shares {
+		t.Error("a config with another timeout shares the connection, or not the shares")
+	}
+	if got := slower.shared.client.Options().ReadTimeout; got != 200*time.Millisecond {
+		t.Errorf("read timeout of the new connection: %v; want 200ms", got)
+	}
+	if err := slower.Cleanup(); err != nil {
+		t.Fatal(err)
 	}
 	if err := l.Cleanup(); err != nil {
 		t.Fatal(err)
@@ -500,6 +515,7 @@ func TestRedisLimiterCaddyfile(t *testing.T) {
 		{"no url, a block", "redis {\n replicas 2\n}", RedisLimiter{}, "url: missing"},
 		{"two urls", `redis redis://a redis://b`, RedisLimiter{}, "wrong argument count"},
 		{"unknown option", "redis redis://a {\n replica 2\n}", RedisLimiter{}, `unrecognized redis limiter option "replica"`},
+		{"unknown option without value", "redis redis://a {\n tls\n}", RedisLimiter{}, `unrecognized redis limiter option "tls"`},
 		{"repeated option", "redis redis://a {\n replicas 2\n replicas 3\n}", RedisLimiter{}, "replicas: given more than once"},
 		{"zero replicas", "redis redis://a {\n replicas 0\n}", RedisLimiter{}, `replicas: must be a whole number, at least 1, got "0"`},
 		{"fractional replicas", "redis redis://a {\n replicas 1.5\n}", RedisLimiter{}, "replicas: must be a whole number"},
@@ -565,7 +581,7 @@ func TestHandlerWithRedisLimiter(t *testing.T) {
 // TestRedisLimiterShareAllocatesNothing: a decision on a share allocates nothing for a bucket it has: the share of
 // a plan is built on the stack.
 func TestRedisLimiterShareAllocatesNothing(t *testing.T) {
-	l := &RedisLimiter{Replicas: 3, shared: &redisShared{shares: newBuckets()}}
+	l := &RedisLimiter{Replicas: 3, shares: newBuckets()}
 	plan := mustLimit(t, "p", Plan{Rate: 1e6, Burst: 1e6})
 	k := bucketKey{account: "acme", mode: ModeLive}
 	l.takeShare(k, plan, t0)
