@@ -17,6 +17,9 @@ var metrics = struct {
 	cacheMisses    prometheus.Counter
 	storeLookups   prometheus.Counter
 	lookupDuration prometheus.Histogram
+	// limiterFallback counts the redis limiters (by URL and prefix) that
+	// are deciding locally because Redis fails: 1 while the one falls back.
+	limiterFallback prometheus.Gauge
 	// early counts the outcomes decided before any key is known (missing,
 	// invalid, ...), resolved once so that a flood of them is cheap.
 	early [numOutcomes]prometheus.Counter
@@ -61,6 +64,10 @@ func initMetrics() {
 			Help:    "Time a key lookup in the store took.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10), // 100µs to ~26s
 		})
+		metrics.limiterFallback = prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "limiter_fallback",
+			Help: "Redis limiters deciding locally, on each replica's share of the plans, because Redis fails (1 while one does).",
+		})
 		for o, label := range outcomeLabels {
 			metrics.early[o] = metrics.requests.WithLabelValues(label, "", "")
 		}
@@ -71,10 +78,16 @@ func initMetrics() {
 // registration (several handlers in one config) is not an error.
 func registerMetrics(reg *prometheus.Registry) error {
 	initMetrics()
+	return registerCollectors(reg, metrics.requests, metrics.cacheHits, metrics.cacheMisses, metrics.storeLookups, metrics.lookupDuration)
+}
+
+// registerCollectors adds collectors to a config's registry (nil: none),
+// taking one already there as registered.
+func registerCollectors(reg *prometheus.Registry, cs ...prometheus.Collector) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{metrics.requests, metrics.cacheHits, metrics.cacheMisses, metrics.storeLookups, metrics.lookupDuration} {
+	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {
@@ -83,6 +96,13 @@ func registerMetrics(reg *prometheus.Registry) error {
 		}
 	}
 	return nil
+}
+
+// metricsLimiterFallback returns the fallback gauge, which only the redis
+// limiter registers.
+func metricsLimiterFallback() prometheus.Gauge {
+	initMetrics()
+	return metrics.limiterFallback
 }
 
 // countOutcome counts a request whose key's mode and plan are known.

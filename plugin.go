@@ -9,9 +9,11 @@
 // the "caddy postscale" command.
 //
 // Modules: http.handlers.postscale (the handler), postscale (the app that
-// ties handlers to the admin API), admin.api.postscale, and the key stores
-// in the postscale.stores namespace (postscale.stores.sqlite, the default,
-// and postscale.stores.postgres, shared by several replicas).
+// ties handlers to the admin API), admin.api.postscale, the key stores in
+// the postscale.stores namespace (postscale.stores.sqlite, the default, and
+// postscale.stores.postgres, shared by several replicas), and the rate
+// limiters in the postscale.limiters namespace (postscale.limiters.local,
+// the default, and postscale.limiters.redis, shared by replicas).
 package postscale
 
 import (
@@ -26,6 +28,7 @@ func init() {
 	caddy.RegisterModule(SQLiteStore{})
 	caddy.RegisterModule(PostgresStore{})
 	caddy.RegisterModule(LocalLimiter{})
+	caddy.RegisterModule(RedisLimiter{})
 	httpcaddyfile.RegisterDirective("postscale", parseCaddyfile)
 	// Among the authentication directives: after rewrites, before every
 	// handle, route, respond and proxy, so none of them can be reached
