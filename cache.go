@@ -108,6 +108,10 @@ type keyring struct {
 	// Change with Lost to the next with All): cached entries older than
 	// staleAfter are looked up again before they are used.
 	feedLost atomic.Bool
+	// placed is closed when the change feed first reports All or Lost:
+	// from then on, no change made elsewhere can go unnoticed.
+	placed     chan struct{}
+	placedOnce sync.Once
 
 	// usage holds a *usage per key id with requests not yet flushed.
 	usage   sync.Map
@@ -133,8 +137,12 @@ func newKeyring(store Store, logger *zap.Logger) (*keyring, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating key cache: %w", err)
 	}
-	return &keyring{store: store, cache: cache, logger: logger}, nil
+	return &keyring{store: store, cache: cache, logger: logger, placed: make(chan struct{})}, nil
 }
+
+// feedWait bounds how long a new keyring waits for the store's change feed
+// to find its place before the config that needs it goes live.
+const feedWait = 5 * time.Second
 
 // staleAfter is how old a cached entry may be, while the change feed is
 // lost, before it is looked up again: the bound on how late a change made
@@ -377,11 +385,13 @@ func (k *keyring) load(ctx context.Context, h [sha256.Size]byte, gen uint64, p l
 func (k *keyring) apply(c Change) {
 	if c.Lost {
 		k.feedLost.Store(true)
+		k.placedOnce.Do(func() { close(k.placed) })
 		return
 	}
 	if c.All {
 		k.invalidateAll()
 		k.feedLost.Store(false)
+		k.placedOnce.Do(func() { close(k.placed) })
 		return
 	}
 	if c.Account != "" {
@@ -450,6 +460,11 @@ var keyrings = caddy.NewUsagePool()
 
 // loadKeyring returns the keyring of the store, creating it (and starting
 // its watcher) on first use. Release it with keyrings.Delete(identity).
+//
+// A new keyring waits (up to feedWait) until the change feed has found its
+// place: the feed's first All empties the cache, so a key cached before it
+// would be looked up again at once, and a config that goes live before it
+// would serve its first requests without hearing of changes.
 func loadKeyring(store Store, logger *zap.Logger) (*keyring, error) {
 	v, _, err := keyrings.LoadOrNew(store.Identity(), func() (caddy.Destructor, error) {
 		k, err := newKeyring(store, logger)
@@ -457,6 +472,11 @@ func loadKeyring(store Store, logger *zap.Logger) (*keyring, error) {
 			return nil, err
 		}
 		k.run()
+		select {
+		case <-k.placed:
+		case <-time.After(feedWait):
+			logger.Warn("the store's change feed has not started yet; serving anyway", zap.Duration("waited", feedWait))
+		}
 		return k, nil
 	})
 	if err != nil {

@@ -184,7 +184,7 @@ func TestCLISubcommands(t *testing.T) {
 		dsn := testenv.Postgres(t)
 		keys := cliSession(t, "--store", dsn)
 		backend := newRecorder(t, "mail")
-		loadCaddyfile(t, fmt.Sprintf(`:9080 {
+		loadCaddyfile(t, fmt.Sprintf(`:{$POSTSCALE_TEST_HTTP_PORT} {
 	postscale {
 		store postgres %q
 		legacy_keys

@@ -4,6 +4,7 @@
 // HTTP requests, the admin API under /postscale/, and the `caddy
 // postscale` command — asserting the contract of SPEC §4, §5, §6 and §9.
 //
-// caddytest runs one Caddy per test binary on fixed ports (admin
-// localhost:2999, HTTP 9080), so no test here may call t.Parallel.
+// caddytest runs one Caddy per test binary, on ports chosen free when the
+// binary starts (see choosePorts), so no test here may call t.Parallel,
+// but test runs in several checkouts may run at once.
 package test

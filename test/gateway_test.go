@@ -306,7 +306,7 @@ func TestForwardAuthorization(t *testing.T) {
 func TestSandboxRouting(t *testing.T) {
 	mail := newRecorder(t, "mail")
 	sandbox := newRecorder(t, "sandbox")
-	loadCaddyfile(t, fmt.Sprintf(`:9080 {
+	loadCaddyfile(t, fmt.Sprintf(`:{$POSTSCALE_TEST_HTTP_PORT} {
 	postscale {
 		store sqlite %s
 	}
@@ -349,7 +349,7 @@ func TestSandboxRouting(t *testing.T) {
 // hold the admitted key's values for the handlers after postscale, in a
 // response body and in a (deferred) response header.
 func TestPlaceholders(t *testing.T) {
-	loadCaddyfile(t, fmt.Sprintf(`:9080 {
+	loadCaddyfile(t, fmt.Sprintf(`:{$POSTSCALE_TEST_HTTP_PORT} {
 	postscale {
 		store sqlite %s
 	}
@@ -375,7 +375,7 @@ func TestPlaceholders(t *testing.T) {
 // of them can be reached without a key (SPEC §9).
 func TestNoOrderNeeded(t *testing.T) {
 	backend := newRecorder(t, "mail")
-	loadCaddyfile(t, fmt.Sprintf(`:9080 {
+	loadCaddyfile(t, fmt.Sprintf(`:{$POSTSCALE_TEST_HTTP_PORT} {
 	handle /handle {
 		respond "from handle"
 	}
@@ -412,7 +412,7 @@ func TestNoOrderNeeded(t *testing.T) {
 // requests it does not match need no key, all others still do.
 func TestMatcherLeavesPathsOpen(t *testing.T) {
 	backend := newRecorder(t, "mail")
-	loadCaddyfile(t, fmt.Sprintf(`:9080 {
+	loadCaddyfile(t, fmt.Sprintf(`:{$POSTSCALE_TEST_HTTP_PORT} {
 	@needs_key not path /healthz
 	postscale @needs_key {
 		store sqlite %s
@@ -448,7 +448,7 @@ func jsonGateway(store, extra, upstream string) string {
 			"grace_period": 1000000000,
 			"servers": {
 				"gateway": {
-					"listen": [":9080"],
+					"listen": ["`+gatewayListen+`"],
 					"automatic_https": {"disable": true},
 					"routes": [{
 						"handle": [

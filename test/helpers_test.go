@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -23,20 +24,50 @@ import (
 	_ "github.com/postscale/caddy-postscale"
 )
 
-const (
-	adminAddr  = "localhost:2999"
-	adminURL   = "http://" + adminAddr
-	gatewayURL = "http://localhost:9080"
+// The in-process Caddy's admin endpoint and HTTP port, chosen free when
+// the test binary starts (TestMain), so that test runs in several
+// checkouts on one machine never load configs into each other's Caddy.
+// Caddyfiles listen on :{$POSTSCALE_TEST_HTTP_PORT}; JSON configs use
+// gatewayListen.
+var (
+	adminAddr     string
+	adminURL      string
+	gatewayURL    string
+	gatewayListen string
+	httpsPort     string
 )
 
+// choosePorts picks the in-process Caddy's ports and tells caddytest and
+// the Caddyfile adapter about them.
+func choosePorts() error {
+	admin, err := freeLoopbackPort()
+	if err != nil {
+		return err
+	}
+	http, err := freeLoopbackPort()
+	if err != nil {
+		return err
+	}
+	https, err := freeLoopbackPort()
+	if err != nil {
+		return err
+	}
+	httpsPort = strconv.Itoa(https)
+	caddytest.Default.AdminPort = admin
+	adminAddr = fmt.Sprintf("localhost:%d", admin)
+	adminURL = "http://" + adminAddr
+	gatewayListen = fmt.Sprintf(":%d", http)
+	gatewayURL = fmt.Sprintf("http://localhost:%d", http)
+	return os.Setenv("POSTSCALE_TEST_HTTP_PORT", strconv.Itoa(http))
+}
+
 // globalOptions starts every Caddyfile the tests load: the admin endpoint
-// caddytest expects, ports nothing else on a CI machine uses, and extra
-// global options.
+// caddytest expects, the test's own ports, and extra global options.
 func globalOptions(extra string) string {
 	return `{
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
+	admin ` + adminAddr + `
+	http_port {$POSTSCALE_TEST_HTTP_PORT}
+	https_port ` + httpsPort + `
 	auto_https off
 	grace_period 1s
 ` + extra + `
@@ -87,7 +118,7 @@ func storePath(t *testing.T) string {
 // gatewaySite is the plain gateway: postscale with the given store and
 // extra subdirectives, then reverse_proxy to upstream.
 func gatewaySite(store, upstream, extra string) string {
-	return fmt.Sprintf(`:9080 {
+	return fmt.Sprintf(`:{$POSTSCALE_TEST_HTTP_PORT} {
 	postscale {
 		store sqlite %s
 		%s

@@ -20,7 +20,7 @@ func TestPostgresGateway(t *testing.T) {
 	dsn := testenv.Postgres(t)
 	t.Setenv("POSTSCALE_TEST_GATEWAY_DSN", dsn)
 	backend := newRecorder(t, "mail")
-	loadCaddyfile(t, fmt.Sprintf(`:9080 {
+	loadCaddyfile(t, fmt.Sprintf(`:{$POSTSCALE_TEST_HTTP_PORT} {
 	postscale {
 		store postgres {env.POSTSCALE_TEST_GATEWAY_DSN} {
 			max_conns 4
@@ -76,7 +76,7 @@ func TestPostgresGatewayOutage(t *testing.T) {
 	defer replica.Close()
 
 	backend := newRecorder(t, "mail")
-	loadCaddyfile(t, fmt.Sprintf(`:9080 {
+	loadCaddyfile(t, fmt.Sprintf(`:{$POSTSCALE_TEST_HTTP_PORT} {
 	postscale {
 		store postgres {env.POSTSCALE_TEST_GATEWAY_DSN}
 		cache_ttl 10m

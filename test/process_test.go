@@ -2,7 +2,6 @@ package test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -34,6 +33,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if err := choosePorts(); err != nil {
+		fmt.Fprintln(os.Stderr, "choosing test ports:", err)
+		os.Exit(2)
+	}
 	code := m.Run()
 	if binaryDir != "" {
 		os.RemoveAll(binaryDir)
@@ -65,12 +68,20 @@ func gatewayBinary(t *testing.T) string {
 // freePort returns a loopback port that was free a moment ago.
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := freeLoopbackPort()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return port
+}
+
+func freeLoopbackPort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
 	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // proc is one gateway process. Its Caddyfile reads its admin address and
@@ -293,5 +304,3 @@ func waitFor(d time.Duration, cond func() bool) (time.Duration, bool) {
 		time.Sleep(2 * time.Millisecond)
 	}
 }
-
-var _ = context.Background
