@@ -29,6 +29,9 @@ type entry struct {
 	// loaded is when the store gave this answer: while the store's change
 	// feed is lost, an entry older than staleAfter is looked up again.
 	loaded time.Time
+	// expires is when its cache TTL ends; an entry kept after a failed
+	// look-up-again keeps that end.
+	expires time.Time
 
 	keyID, keyName, accountID, plan string
 	mode                            Mode
@@ -312,19 +315,16 @@ func cacheIndex(h *[sha256.Size]byte) uint64 { return binary.LittleEndian.Uint64
 // else from the store through singleflight, caching the answer for p.ttl
 // (p.negTTL when the store does not know the hash). An error means the
 // store could not answer; nothing is cached then. While the change feed is
-// lost, a cached entry older than staleAfter is looked up again, and kept
-// if the store cannot answer.
+// lost, a cached entry older than staleAfter is looked up again in the
+// background (see refresh) and served meanwhile, so a slow or hung store
+// never delays a cached key.
 func (k *keyring) get(ctx context.Context, h *[sha256.Size]byte, p lookupPolicy) (*entry, bool, error) {
 	e, ok := k.cache.Get(cacheIndex(h))
 	if ok && hashEqual(&e.hash, h) {
-		if !k.feedLost.Load() || time.Since(e.loaded) < staleAfter {
-			metrics.cacheHits.Inc()
-			return e, true, nil
-		}
-		if fresh, err := k.lookup(ctx, h, p); err == nil {
-			return fresh, false, nil
-		}
 		metrics.cacheHits.Inc()
+		if k.feedLost.Load() && time.Since(e.loaded) >= staleAfter {
+			k.refresh(h, e, p)
+		}
 		return e, true, nil
 	}
 	metrics.cacheMisses.Inc()
@@ -332,13 +332,59 @@ func (k *keyring) get(ctx context.Context, h *[sha256.Size]byte, p lookupPolicy)
 	return e, false, err
 }
 
+// flightKey names one singleflight lookup: a hash in one generation.
+func flightKey(h *[sha256.Size]byte, gen uint64) string {
+	var b [sha256.Size + 8]byte
+	copy(b[:], h[:])
+	binary.LittleEndian.PutUint64(b[sha256.Size:], gen)
+	return string(b[:])
+}
+
+// refresh looks h up again without waiting for the answer, which replaces
+// old in the cache. If the store cannot answer, old is cached again as if
+// just loaded (its TTL unchanged), so that while the store is down each
+// cached key costs it at most one lookup per staleAfter.
+func (k *keyring) refresh(h *[sha256.Size]byte, old *entry, p lookupPolicy) {
+	gen := k.gen.Load()
+	k.group.DoChan(flightKey(h, gen), func() (any, error) {
+		// A request that read old just before an earlier refresh replaced
+		// it must not ask the store again.
+		if cur, ok := k.cache.Get(cacheIndex(h)); ok && hashEqual(&cur.hash, h) && time.Since(cur.loaded) < staleAfter {
+			return cur, nil
+		}
+		e, err := k.load(context.Background(), *h, gen, p)
+		if err != nil {
+			kept := *old
+			kept.loaded = time.Now()
+			k.put(&kept, gen, time.Until(kept.expires))
+		}
+		// Until the cache has applied the answer, requests still see the
+		// stale entry and would start another lookup.
+		k.mu.RLock()
+		if !k.closed {
+			k.cache.Wait()
+		}
+		k.mu.RUnlock()
+		return e, err
+	})
+}
+
+// put caches e for ttl unless an invalidation came after generation gen.
+func (k *keyring) put(e *entry, gen uint64, ttl time.Duration) {
+	if ttl <= 0 {
+		return
+	}
+	k.mu.RLock()
+	if k.gen.Load() == gen && !k.closed {
+		k.cache.SetWithTTL(cacheIndex(&e.hash), e, 1, ttl)
+	}
+	k.mu.RUnlock()
+}
+
 // lookup asks the store for h through singleflight and caches the answer.
 func (k *keyring) lookup(ctx context.Context, h *[sha256.Size]byte, p lookupPolicy) (*entry, error) {
 	gen := k.gen.Load()
-	var sfKey [sha256.Size + 8]byte
-	copy(sfKey[:], h[:])
-	binary.LittleEndian.PutUint64(sfKey[sha256.Size:], gen)
-	v, err, _ := k.group.Do(string(sfKey[:]), func() (any, error) {
+	v, err, _ := k.group.Do(flightKey(h, gen), func() (any, error) {
 		return k.load(ctx, *h, gen, p)
 	})
 	if err != nil {
@@ -373,11 +419,8 @@ func (k *keyring) load(ctx context.Context, h [sha256.Size]byte, gen uint64, p l
 	if k.failing.CompareAndSwap(true, false) {
 		k.logger.Info("key store lookups work again")
 	}
-	k.mu.RLock()
-	if k.gen.Load() == gen {
-		k.cache.SetWithTTL(cacheIndex(&h), e, 1, ttl)
-	}
-	k.mu.RUnlock()
+	e.expires = e.loaded.Add(ttl)
+	k.put(e, gen, ttl)
 	return e, nil
 }
 

@@ -343,8 +343,10 @@ func TestKeyringInvalidateAccount(t *testing.T) {
 
 // While the change feed is lost, a change made elsewhere (here: straight
 // in the store, with no Change) shows once the cached entry is staleAfter
-// old; a store that cannot answer then keeps the cached entry; the next
-// All ends the rechecking.
+// old: the request that finds it stale is served from the cache at once
+// and the entry is looked up again in the background. A store that cannot
+// answer then keeps the cached entry and is asked again only after another
+// staleAfter; the next All ends the rechecking.
 func TestKeyringRechecksWhileFeedLost(t *testing.T) {
 	s := newFakeStore()
 	k := newTestKeyring(t, s)
@@ -357,6 +359,21 @@ func TestKeyringRechecksWhileFeedLost(t *testing.T) {
 		}
 	}
 	settle(k)
+	// eventually polls get until want holds of the entry it returns.
+	eventually := func(what string, hh *[32]byte, want func(*entry) bool) {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			e, _, err := k.get(context.Background(), hh, testPolicy)
+			if err == nil && want(e) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not seen within 2s (last: %+v, %v)", what, e, err)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 
 	k.apply(Change{Lost: true})
 	s.revoke(h)
@@ -364,30 +381,47 @@ func TestKeyringRechecksWhileFeedLost(t *testing.T) {
 	s.mu.Lock()
 	s.keys[unknown] = s.keys[HashKey(other)] // the unknown key now exists
 	s.mu.Unlock()
+	before := s.lookups.Load()
 	if e, hit, _ := k.get(context.Background(), &h, testPolicy); !hit || e.revoked {
 		t.Fatalf("feed lost, entry fresh: hit=%v revoked=%v; want the cached, unrevoked entry", hit, e.revoked)
 	}
+	if got := s.lookups.Load() - before; got != 0 {
+		t.Errorf("feed lost, entry fresh: %d lookups, want 0", got)
+	}
 
 	time.Sleep(staleAfter + 50*time.Millisecond)
-	before := s.lookups.Load()
-	if e, hit, err := k.get(context.Background(), &h, testPolicy); err != nil || hit || !e.revoked {
-		t.Fatalf("feed lost, entry %v old: hit=%v revoked=%v err=%v; want a new lookup that sees the revocation", staleAfter, hit, e != nil && e.revoked, err)
+	before = s.lookups.Load()
+	if e, hit, err := k.get(context.Background(), &h, testPolicy); err != nil || !hit || e.revoked {
+		t.Fatalf("feed lost, entry %v old: hit=%v err=%v; want the cached entry at once, looked up again behind it", staleAfter, hit, err)
 	}
-	if e, _, err := k.get(context.Background(), &unknown, testPolicy); err != nil || !e.found {
-		t.Fatalf("feed lost, negative entry %v old: found=%v err=%v; want a new lookup that finds the key", staleAfter, e != nil && e.found, err)
-	}
+	eventually("the revocation made while the feed was lost", &h, func(e *entry) bool { return e.revoked })
+	eventually("the key created while the feed was lost", &unknown, func(e *entry) bool { return e.found })
 	if got := s.lookups.Load() - before; got != 2 {
 		t.Errorf("lookups for two stale entries: got %d, want 2", got)
 	}
-	settle(k)
 
-	// The store goes down too: stale entries are kept, not turned into 503s.
+	// The store goes down too: the stale entry is kept and served at once,
+	// and the store is asked once, not once per request.
 	time.Sleep(staleAfter + 50*time.Millisecond)
 	s.mu.Lock()
 	s.fail = errors.New("connection refused")
 	s.mu.Unlock()
-	if e, hit, err := k.get(context.Background(), &h, testPolicy); err != nil || !hit || !e.revoked {
-		t.Fatalf("feed lost, store down: hit=%v err=%v; want the cached (revoked) entry kept", hit, err)
+	before = s.lookups.Load()
+	for range 50 {
+		if e, hit, err := k.get(context.Background(), &h, testPolicy); err != nil || !hit || !e.revoked {
+			t.Fatalf("feed lost, store down: hit=%v err=%v; want the cached (revoked) entry kept", hit, err)
+		}
+	}
+	if _, ok := waitUntil(time.Second, func() bool { return s.lookups.Load()-before >= 1 }); !ok {
+		t.Fatal("feed lost, store down: no lookup of the stale entry")
+	}
+	settle(k)
+	time.Sleep(50 * time.Millisecond)
+	for range 50 {
+		k.get(context.Background(), &h, testPolicy)
+	}
+	if got := s.lookups.Load() - before; got != 1 {
+		t.Errorf("feed lost, store down, 100 requests for one stale key within %v: %d lookups, want 1", staleAfter, got)
 	}
 
 	// Back: All drops everything, and fresh entries are used as they are.
@@ -404,7 +438,20 @@ func TestKeyringRechecksWhileFeedLost(t *testing.T) {
 	if _, hit, _ := k.get(context.Background(), &h, testPolicy); !hit {
 		t.Error("feed back, entry older than staleAfter: got a lookup, want the cached entry")
 	}
+	time.Sleep(20 * time.Millisecond)
 	if got := s.lookups.Load() - before; got != 0 {
 		t.Errorf("lookups with the feed back: got %d, want 0", got)
 	}
+}
+
+// waitUntil polls cond until it holds or d passes.
+func waitUntil(d time.Duration, cond func() bool) (time.Duration, bool) {
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > d {
+			return time.Since(start), false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return time.Since(start), true
 }

@@ -302,16 +302,21 @@ func TestPostgresCut(t *testing.T) {
 			// Long enough for the feed to be noticed lost and the cached
 			// entry to be older than 1s, so it is looked up again (and
 			// kept, as the store cannot answer).
+			// The cached key never waits for the store: a stale entry is
+			// served while it is looked up again behind it.
 			deadline := time.Now().Add(3 * time.Second)
+			var slowest time.Duration
 			for time.Now().Before(deadline) {
 				r, took := timed(t, g, cached.Key)
 				if r.status != http.StatusOK {
 					t.Fatalf("store %s, cached key: got %d %s after %v, want 200", fault.name, r.status, r.body, took)
 				}
-				if took > lookupTimeout+time.Second {
-					t.Errorf("store %s, cached key answered after %v", fault.name, took)
-				}
-				time.Sleep(100 * time.Millisecond)
+				slowest = max(slowest, took)
+				time.Sleep(50 * time.Millisecond)
+			}
+			t.Logf("store %s: cached key answered 200 throughout, slowest %v", fault.name, slowest)
+			if slowest >= lookupTimeout {
+				t.Errorf("store %s: a cached key's answer took %v, want it never to wait for the store (lookup_timeout %v)", fault.name, slowest, lookupTimeout)
 			}
 			for range 3 {
 				r, took := timed(t, g, uncached.Key)
