@@ -498,8 +498,25 @@ func (k *keyring) invalidating(del func()) {
 	k.cache.Wait()
 }
 
-// keyrings holds one keyring per store identity across config reloads.
+// keyrings holds one keyring per store across config reloads, by
+// keyringKey.
 var keyrings = caddy.NewUsagePool()
+
+// settingsKeyed is a Store whose connection settings may change while its
+// identity stays the same (a PostgreSQL password rotated by a reload).
+// settingsKey names those settings without revealing them.
+type settingsKeyed interface{ settingsKey() string }
+
+// keyringKey names the keyring of a store: its identity and, where they
+// can change, its connection settings, so that a reload with new settings
+// gets a keyring (and a change feed) on them instead of keeping the old
+// ones.
+func keyringKey(s Store) string {
+	if sk, ok := s.(settingsKeyed); ok {
+		return s.Identity() + " " + sk.settingsKey()
+	}
+	return s.Identity()
+}
 
 // loadKeyring returns the keyring of the store, creating it (and starting
 // its watcher) on first use. Release it with keyrings.Delete(identity).
@@ -509,7 +526,7 @@ var keyrings = caddy.NewUsagePool()
 // would be looked up again at once, and a config that goes live before it
 // would serve its first requests without hearing of changes.
 func loadKeyring(store Store, logger *zap.Logger) (*keyring, error) {
-	v, _, err := keyrings.LoadOrNew(store.Identity(), func() (caddy.Destructor, error) {
+	v, _, err := keyrings.LoadOrNew(keyringKey(store), func() (caddy.Destructor, error) {
 		k, err := newKeyring(store, logger)
 		if err != nil {
 			return nil, err

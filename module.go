@@ -220,7 +220,7 @@ func (h *Handler) Cleanup() error {
 	if h.keys == nil {
 		return nil
 	}
-	_, err := keyrings.Delete(h.store.Identity())
+	_, err := keyrings.Delete(keyringKey(h.store))
 	return err
 }
 

@@ -188,6 +188,14 @@ func (s *PostgresStore) retain() func() {
 	return func() { _, _ = postgresPools.Delete(s.dsn) }
 }
 
+// settingsKey is a digest of the DSN (placeholders replaced), so that a
+// reload that changes it (a new password, sslmode or host) gets a keyring
+// on the new settings.
+func (s *PostgresStore) settingsKey() string {
+	sum := sha256.Sum256([]byte(s.dsn))
+	return hex.EncodeToString(sum[:8])
+}
+
 // Identity implements Store: postgres://user@host:port/dbname, with the
 // search_path when the DSN sets one. It never holds the password.
 func (s *PostgresStore) Identity() string { return s.identity }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	postscale "github.com/postscale/caddy-postscale"
 	"github.com/postscale/caddy-postscale/internal/testenv"
 )
@@ -126,4 +127,53 @@ func TestPostgresGatewayOutage(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	expectAdmitted(t, backend, uncached.Key, "/v1/emails")
+}
+
+// A reload that changes the DSN but not the database (a rotated password,
+// here a new application_name standing in for it) moves the gateway onto
+// the new settings: once the old connections are gone, every connection
+// it opens, the change feed's included, uses the new DSN.
+func TestPostgresReloadWithNewDSN(t *testing.T) {
+	dsn := testenv.Postgres(t)
+	withApp := func(name string) string { return dsn + "&application_name=" + name }
+	backend := newRecorder(t, "mail")
+	site := func(d string) string {
+		return fmt.Sprintf(`:{$POSTSCALE_TEST_HTTP_PORT} {
+	postscale {
+		store postgres %q
+	}
+	reverse_proxy %s
+}
+`, d, backend.addr())
+	}
+	loadCaddyfile(t, site(withApp("psold")))
+	createAccount(t, "acme", "growth")
+	reload(t, site(withApp("psnew")), false)
+
+	admin, err := pgx.Connect(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(t.Context())
+	// The old config's connections end, as when a password is rotated and
+	// the old sessions are closed.
+	if _, err := admin.Exec(t.Context(), `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE datname = current_database() AND application_name = 'psold'`); err != nil {
+		t.Fatal(err)
+	}
+	k := createKey(t, "acme", "after reload", "live") // a write and a lookup, through the pool
+	expectAdmitted(t, backend, k.Key, "/v1/emails")
+	count := func(app string) int {
+		var n int
+		if err := admin.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND application_name = $1`, app).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	took, ok := waitFor(10*time.Second, func() bool { return count("psold") == 0 && count("psnew") >= 2 })
+	if !ok {
+		t.Errorf("after reloading with a new DSN: %d connections on the old settings, %d on the new (after %v); want none and at least 2 (pool and change feed)",
+			count("psold"), count("psnew"), took)
+	}
 }
