@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -355,18 +356,29 @@ func withManager(run func(context.Context, *cobra.Command, Manager, []string) er
 }
 
 // openStore opens a store outside of a Caddy config: a PostgreSQL store
-// for a postgres:// or postgresql:// URL, else the SQLite file at that
-// path.
+// for a postgres:// or postgresql:// URL or keyword/value pairs
+// ("host=… dbname=…"), else the SQLite file at that path.
 func openStore(ctx context.Context, name string) (interface {
 	Store
 	Close() error
 }, error) {
-	if strings.HasPrefix(name, "postgres://") || strings.HasPrefix(name, "postgresql://") {
+	if isPostgresDSN(name) {
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		return OpenPostgresStore(ctx, name)
 	}
 	return OpenSQLiteStore(name)
+}
+
+// postgresKeyword matches the start of a keyword/value DSN, "host=…".
+var postgresKeyword = regexp.MustCompile(`^\s*[a-z_]+\s*=`)
+
+// isPostgresDSN reports whether --store names a PostgreSQL database rather
+// than a SQLite file. A keyword/value DSN taken for a path would create a
+// file named after it, password and all.
+func isPostgresDSN(name string) bool {
+	return strings.HasPrefix(name, "postgres://") || strings.HasPrefix(name, "postgresql://") ||
+		postgresKeyword.MatchString(name)
 }
 
 // adminAnswers reports whether something listens at the admin address.

@@ -156,7 +156,13 @@ func (l *RedisLimiter) open(ctx context.Context, logger *zap.Logger) error {
 	if l.URL == "" {
 		return errors.New("url is required")
 	}
-	rawURL := caddy.NewReplacer().ReplaceKnown(l.URL, "")
+	// An unknown or empty placeholder is an error, not an empty string:
+	// redis://:{env.REDIS_PASSWORD}@host with the variable unset would
+	// otherwise connect without a password and fall back for good.
+	rawURL, err := caddy.NewReplacer().ReplaceOrErr(l.URL, true, true)
+	if err != nil {
+		return fmt.Errorf("url: %w", err)
+	}
 	if rawURL == "" {
 		return fmt.Errorf("url: %s is empty once its placeholders are replaced", l.URL)
 	}
@@ -232,12 +238,36 @@ func (l *RedisLimiter) Take(ctx context.Context, b bucketKey, lim *limit, now ti
 			return decided(admitted, tokens, lim)
 		}
 	}
-	if ctx.Err() == nil {
-		// Redis failed, not the request (a client that went away is no
-		// reason to stop asking Redis).
-		s.fallBack(err)
+	var reply redis.Error
+	switch {
+	case ctx.Err() != nil:
+		// The client went away: no reason to stop asking Redis.
+	case errors.As(err, &reply):
+		// Redis answered, with an error about this command (a key of the
+		// wrong type, out of memory, read-only after a failover, an ACL):
+		// Redis is up, so its PING would answer and a switch would flap.
+		// Decide this request locally, and say so now and then.
+		s.replyFailed(err)
+	default:
+		s.fallBack(err) // no answer: fall back until a ping answers
 	}
 	return l.takeShare(b, lim, now)
+}
+
+// replyWarnEvery bounds the warnings about Redis answering the script with
+// an error: at most one per interval.
+const replyWarnEvery = time.Minute
+
+// replyFailed logs an error answer of Redis, at most once per
+// replyWarnEvery.
+func (s *redisShared) replyFailed(err error) {
+	now := time.Now().UnixNano()
+	last := s.replyWarned.Load()
+	if now-last < int64(replyWarnEvery) || !s.replyWarned.CompareAndSwap(last, now) {
+		return
+	}
+	s.logger.Load().Warn("redis limiter: Redis answers the limiter script with an error; those requests are decided locally on this replica's share",
+		zap.String("addr", s.addr), zap.Error(err), zap.Duration("next_warning_after", replyWarnEvery))
 }
 
 // parseTake reads the script's answer: {1 or 0, tokens left as a string}.
@@ -377,6 +407,8 @@ type redisShared struct {
 	closed   bool
 	// fell wakes the pinger when fallback is set.
 	fell chan struct{}
+	// replyWarned is when Redis's last error answer was logged (unix ns).
+	replyWarned atomic.Int64
 
 	logger atomic.Pointer[zap.Logger]
 

@@ -476,7 +476,8 @@ func TestRedisLimiterProvision(t *testing.T) {
 		notWant string
 	}{
 		{"no url", RedisLimiter{}, "url is required", ""},
-		{"empty placeholder", RedisLimiter{URL: "{env.POSTSCALE_TEST_UNSET_VARIABLE}"}, "url: {env.POSTSCALE_TEST_UNSET_VARIABLE} is empty", ""},
+		{"empty placeholder", RedisLimiter{URL: "{env.POSTSCALE_TEST_UNSET_VARIABLE}"}, "url: evaluated placeholder {env.POSTSCALE_TEST_UNSET_VARIABLE} is empty", ""},
+		{"unset password placeholder", RedisLimiter{URL: "redis://:{env.POSTSCALE_TEST_UNSET_VARIABLE}@127.0.0.1:6379/0"}, "url: evaluated placeholder {env.POSTSCALE_TEST_UNSET_VARIABLE} is empty", ""},
 		{"bad scheme", RedisLimiter{URL: "http://127.0.0.1:6379"}, "url: redis: invalid URL scheme: http", ""},
 		{"bad port, password kept out", RedisLimiter{URL: "redis://user:hunter2@127.0.0.1:port/0"}, "url: invalid port", "hunter2"},
 		{"bad db", RedisLimiter{URL: "redis://127.0.0.1:6379/x"}, "url: redis: invalid database number", ""},
@@ -634,4 +635,42 @@ func BenchmarkRedisLimiterTakeParallel(b *testing.B) {
 	})
 	b.StopTimer()
 	mustRedis(b, l)
+}
+
+// TestRedisLimiterReplyErrorDoesNotSwitch: Redis up but answering the
+// script with an error for one bucket (here its key holds a string, so the
+// script's HMGET fails with WRONGTYPE): that request is decided locally,
+// the replica keeps deciding every other bucket in Redis, and the error is
+// logged once, not per request and not as an outage.
+func TestRedisLimiterReplyErrorDoesNotSwitch(t *testing.T) {
+	url, prefix := testenv.Redis(t)
+	rc := redisClient(t, url)
+	obs, logs := observer.New(zapcore.InfoLevel)
+	l := openRedisLimiter(t, &RedisLimiter{URL: url, Prefix: prefix, Timeout: caddy.Duration(time.Second)}, zap.New(obs))
+	ctx := context.Background()
+	plan := mustLimit(t, "p", Plan{Rate: 1, Burst: 5})
+	if err := rc.Set(ctx, prefix+"bucket:live:broken", "not a hash", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		l.Take(ctx, bucketKey{account: "broken", mode: ModeLive}, plan, time.Now())
+	}
+	mustRedis(t, l)
+	if st := l.Take(ctx, bucketKey{account: "fine", mode: ModeLive}, plan, time.Now()); !st.admitted || st.remaining != 4 {
+		t.Fatalf("another bucket: %+v; want admitted in Redis with r=4", st)
+	}
+	if n, err := rc.Exists(ctx, prefix+"bucket:live:fine").Result(); err != nil || n != 1 {
+		t.Errorf("the other bucket's key in Redis: exists=%d err=%v; want it written by Redis", n, err)
+	}
+	var warns int
+	for _, e := range logs.All() {
+		if strings.Contains(e.Message, "answers the limiter script with an error") {
+			warns++
+		} else {
+			t.Errorf("unexpected log %q", e.Message)
+		}
+	}
+	if warns != 1 {
+		t.Errorf("warnings about the error answer: %d, want 1", warns)
+	}
 }

@@ -796,7 +796,8 @@ func (s *PostgresStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	s.DSN = d.Val()
 	if d.NextArg() {
-		return d.Errf("postgres store: the DSN is one argument, got another: %q (quote a keyword/value DSN)", d.Val())
+		// The extra token is not shown: it may be the DSN's password.
+		return d.Errf("postgres store: the DSN is one argument, got %d more (quote a keyword/value DSN)", 1+len(d.RemainingArgs()))
 	}
 	for d.NextBlock(0) {
 		switch d.Val() {

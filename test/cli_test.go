@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	postscale "github.com/postscale/caddy-postscale"
 	"github.com/postscale/caddy-postscale/internal/testenv"
 )
@@ -471,5 +472,25 @@ func TestCLIFallsBackToStoreFile(t *testing.T) {
 	}
 	if out := cli(t, "--store", store, "account", "show", "acme"); !strings.Contains(out, `"plan": "growth"`) {
 		t.Errorf("the store %s does not hold the account: %s", store, out)
+	}
+}
+
+// A keyword/value DSN given to --store is a PostgreSQL database, never a
+// SQLite file named after it (with the password in its name).
+func TestCLIStoreKeywordDSN(t *testing.T) {
+	dsn := testenv.Postgres(t)
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv := fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable", cfg.Host, cfg.Port, cfg.User, cfg.Database)
+	dir := t.TempDir()
+	t.Chdir(dir)
+	cli(t, "--store", kv, "account", "create", "acme", "--plan", "growth")
+	if out := cli(t, "--store", dsn, "account", "show", "acme"); !strings.Contains(out, `"plan": "growth"`) {
+		t.Errorf("the account is not in the PostgreSQL database: %s", out)
+	}
+	if files, _ := os.ReadDir(dir); len(files) != 0 {
+		t.Errorf("--store with a keyword/value DSN created %d file(s) in the working directory, want none", len(files))
 	}
 }
