@@ -66,7 +66,7 @@ func initMetrics() {
 		})
 		metrics.limiterFallback = prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: ns, Subsystem: sub, Name: "limiter_fallback",
-			Help: "Redis limiters deciding locally, on each replica's share of the plans, because Redis fails (1 while one does).",
+			Help: "Redis limiters deciding locally, on each replica's share of the plans, because Redis fails (0 normally; a count, so it can exceed 1 while a reload runs two).",
 		})
 		for o, label := range outcomeLabels {
 			metrics.early[o] = metrics.requests.WithLabelValues(label, "", "")
