@@ -1,6 +1,7 @@
 package postscale
 
 import (
+	"encoding/json"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -106,25 +107,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.Plans[pname] = p
 		case "store":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			backend := d.Val()
-			mod, err := caddyfile.UnmarshalModule(d, "postscale.stores."+backend)
+			raw, err := unmarshalGuest(d, "postscale.stores.")
 			if err != nil {
 				return err
 			}
-			h.StoreRaw = caddyconfig.JSONModuleObject(mod, "backend", backend, nil)
+			h.StoreRaw = raw
 		case "limiter":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			backend := d.Val()
-			mod, err := caddyfile.UnmarshalModule(d, "postscale.limiters."+backend)
+			raw, err := unmarshalGuest(d, "postscale.limiters.")
 			if err != nil {
 				return err
 			}
-			h.LimiterRaw = caddyconfig.JSONModuleObject(mod, "backend", backend, nil)
+			h.LimiterRaw = raw
 		case "require_scope":
 			if !d.NextArg() {
 				return d.ArgErr()
@@ -187,6 +180,20 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// unmarshalGuest reads "<backend> …" into the guest module of that name in
+// namespace (which ends in a dot), as JSON with its name under "backend".
+func unmarshalGuest(d *caddyfile.Dispenser, namespace string) (json.RawMessage, error) {
+	if !d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	backend := d.Val()
+	mod, err := caddyfile.UnmarshalModule(d, namespace+backend)
+	if err != nil {
+		return nil, err
+	}
+	return caddyconfig.JSONModuleObject(mod, "backend", backend, nil), nil
 }
 
 // UnmarshalCaddyfile sets up the SQLite store from the tokens after
