@@ -43,15 +43,31 @@ func (a *adminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{{Pattern: adminPrefix, Handler: caddy.AdminHandlerFunc(a.serve)}}
 }
 
-// maxAdminBody bounds a management request body.
-const maxAdminBody = 1 << 20
+// Bounds of a management request body, in bytes.
+const (
+	// maxAdminBody bounds the body of every call but an import.
+	maxAdminBody = 1 << 20
+	// maxImportRow is the room of one key in an import: a row of the
+	// largest realistic kind (a 64-character account, a 200-character
+	// name of non-ASCII letters written as \u escapes, a 136-character
+	// legacy key, a few scopes, indented) is about 1.7 KiB.
+	maxImportRow = 2 << 10
+	// maxImportBody bounds an import: maxImport keys of maxImportRow
+	// each, and room for the rest (about 20.5 MiB).
+	maxImportBody = maxImport*maxImportRow + maxAdminBody
+)
 
 func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
-	k, err := a.keyring(r)
+	// A key pasted where an id belongs is refused before anything else,
+	// and never repeated (Caddy has already logged the request's URI).
+	if err := keyInURL(r); err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
+	}
+	k, plans, err := a.keyring(r)
 	if err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: err}
 	}
-	m := storeManager{store: k.store, now: time.Now, changed: k.apply}
+	m := storeManager{store: k.store, now: time.Now, changed: k.apply, plans: plans}
 	ctx := r.Context()
 	if strings.HasPrefix(r.URL.Path, adminPrefix+"keys") {
 		// Key records show usage up to this request, not up to the last
@@ -61,6 +77,11 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	// /postscale/<collection>[/<id>[/<action>]]
 	collection, id, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, adminPrefix), "/")
 	id, action, _ := strings.Cut(id, "/")
+	limit := int64(maxAdminBody)
+	if collection == "keys" && id == "import" {
+		limit = maxImportBody
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, limit)
 	var (
 		status = http.StatusOK
 		out    any
@@ -103,6 +124,13 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		}
 		out, err = withBody(r, m.ImportKeys)
 		status = http.StatusCreated
+	case collection == "keys" && id == "revoke" && action == "":
+		if r.Method != http.MethodPost {
+			return method(http.MethodPost)
+		}
+		out, err = withBody(r, func(ctx context.Context, req RevokeRequest) (KeyRecord, error) {
+			return m.RevokeByKey(ctx, req.Key)
+		})
 	case collection == "keys" && action == "":
 		switch r.Method {
 		case http.MethodGet:
@@ -116,9 +144,9 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if r.Method != http.MethodPost {
 			return method(http.MethodPost)
 		}
-		var req RollRequest
-		if r.ContentLength != 0 {
-			err = decodeBody(r, &req)
+		var req RollRequest // the body may be left out
+		if err = decodeBody(r, &req); errors.Is(err, errEmptyBody) {
+			err = nil
 		}
 		if err == nil {
 			out, err = m.RollKey(ctx, id, req)
@@ -128,7 +156,9 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no such endpoint: %s", r.URL.Path)}
 	}
 	if err != nil {
-		return caddy.APIError{HTTPStatus: errorStatus(err), Err: err}
+		// Every message was written not to repeat a key; scrubKeys makes
+		// sure of it.
+		return caddy.APIError{HTTPStatus: errorStatus(err), Err: errors.New(scrubKeys(err.Error()))}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
@@ -136,13 +166,44 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	return json.NewEncoder(w).Encode(out)
 }
 
-// keyring returns the keyring of the running config's store.
-func (a *adminAPI) keyring(r *http.Request) (*keyring, error) {
+// keyring returns the keyring of the running config's store, and the
+// plans its handlers define.
+func (a *adminAPI) keyring(r *http.Request) (*keyring, []string, error) {
 	app, err := a.ctx.AppIfConfigured("postscale")
 	if err != nil {
-		return nil, errNoStore
+		return nil, nil, errNoStore
 	}
-	return app.(*App).keyring(r.URL.Query().Get("store"))
+	k, err := app.(*App).keyring(r.URL.Query().Get("store"))
+	if err != nil {
+		return nil, nil, err
+	}
+	return k, app.(*App).plans(k.store.Identity()), nil
+}
+
+// keyInURL refuses a request whose path or query holds an API key (see
+// nextKey), naming its redacted form only.
+func keyInURL(r *http.Request) error {
+	segments := strings.Split(strings.TrimPrefix(r.URL.Path, adminPrefix), "/")
+	for i, seg := range segments {
+		if start, end := nextKey(seg, 0); start >= 0 {
+			what := "an id"
+			switch {
+			case i == 1 && segments[0] == "keys":
+				what = "a key id (key_…)"
+			case i == 1 && segments[0] == "accounts":
+				what = "an account id"
+			}
+			return keyWhereIDBelongs("path", what, Redact(seg[start:end]))
+		}
+	}
+	for name, vals := range r.URL.Query() {
+		for _, v := range append([]string{name}, vals...) {
+			if start, end := nextKey(v, 0); start >= 0 {
+				return keyWhereIDBelongs("query", "a query value", Redact(v[start:end]))
+			}
+		}
+	}
+	return nil
 }
 
 // withBody decodes the request body as fn's input and calls fn with it.
@@ -154,23 +215,65 @@ func withBody[In, Out any](r *http.Request, fn func(context.Context, In) (Out, e
 	return fn(r.Context(), in)
 }
 
+// errEmptyBody is the error of decodeBody for a request without a body.
+var errEmptyBody = badInput("body", "is empty: want one JSON object of the documented fields")
+
+// decodeBody reads the request body, bounded by serve, as exactly one JSON
+// object into v: nothing but white space may follow it. Its errors name
+// where the body is wrong, never what it holds.
 func decodeBody(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxAdminBody))
+	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		// The decoder's message may quote the input, which could hold a
-		// key: say where, not what.
-		var syntax *json.SyntaxError
-		var typ *json.UnmarshalTypeError
-		switch {
-		case errors.As(err, &syntax):
-			return badInput("body", "is not valid JSON (at byte %d)", syntax.Offset)
-		case errors.As(err, &typ):
-			return badInput(typ.Field, "has the wrong type: want %s", typ.Type)
-		case strings.HasPrefix(err.Error(), "json: unknown field"):
-			return badInput("body", "has a field this call does not take; see the documented fields")
+	err := dec.Decode(v)
+	if err == nil {
+		// One value, then the end: trailing data is refused, not ignored.
+		if _, err = dec.Token(); err == io.EOF {
+			return nil
 		}
-		return badInput("body", "must be one JSON object of the documented fields")
+		if tooLarge(err) == nil {
+			return badInput("body", "has more after the JSON object (from byte %d); send one JSON object alone", dec.InputOffset())
+		}
+	}
+	// The decoder's message may quote the input, which could hold a key:
+	// say where, not what.
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	var in *InputError
+	switch {
+	case tooLarge(err) != nil:
+		return tooLarge(err)
+	case err == io.EOF:
+		return errEmptyBody
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return badInput("body", "ends inside the JSON object: it was cut short")
+	case errors.As(err, &in):
+		return in // from an UnmarshalJSON of ours
+	case errors.As(err, &syntax):
+		return badInput("body", "is not valid JSON (at byte %d)", syntax.Offset)
+	case errors.As(err, &typ):
+		return badInput(typ.Field, "has the wrong type: want %s", typ.Type)
+	case strings.HasPrefix(err.Error(), "json: unknown field"):
+		return badInput("body", "has a field this call does not take; see the documented fields")
+	}
+	return badInput("body", "must be one JSON object of the documented fields")
+}
+
+// errTooLarge is a request body over its call's limit.
+type errTooLarge struct{ limit int64 }
+
+func (e errTooLarge) Error() string {
+	if e.limit == maxImportBody {
+		return fmt.Sprintf("body: is larger than %d bytes, the limit of one import (%d keys of about %d bytes each); split it into several imports",
+			e.limit, maxImport, maxImportRow)
+	}
+	return fmt.Sprintf("body: is larger than %d bytes, the limit of this call", e.limit)
+}
+
+// tooLarge returns the errTooLarge of a body that went over its limit.
+func tooLarge(err error) error {
+	var mb *http.MaxBytesError
+	if errors.As(err, &mb) {
+		return errTooLarge{limit: mb.Limit}
 	}
 	return nil
 }
@@ -179,6 +282,8 @@ func decodeBody(r *http.Request, v any) error {
 func errorStatus(err error) int {
 	var in *InputError
 	switch {
+	case errors.As(err, &errTooLarge{}):
+		return http.StatusRequestEntityTooLarge
 	case errors.As(err, &in):
 		return http.StatusBadRequest
 	case errors.Is(err, ErrNotFound):

@@ -3,6 +3,7 @@ package postscale
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -17,6 +18,9 @@ import (
 type App struct {
 	mu       sync.Mutex
 	keyrings map[string]*keyring // by store identity
+	// planNames are the names of the plans the handlers define, by the
+	// identity of the store they use.
+	planNames map[string]map[string]bool
 }
 
 // CaddyModule returns the Caddy module information.
@@ -33,13 +37,47 @@ func (a *App) Start() error { return nil }
 // Stop implements caddy.App.
 func (a *App) Stop() error { return nil }
 
-func (a *App) register(k *keyring) {
+// register records a handler's keyring and the plans it defines (beside
+// DefaultPlans), so that the admin API manages its store and refuses to
+// put an account on a plan that none of the store's handlers defines.
+func (a *App) register(k *keyring, plans map[string]Plan) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	id := k.store.Identity()
 	if a.keyrings == nil {
 		a.keyrings = make(map[string]*keyring)
+		a.planNames = make(map[string]map[string]bool)
 	}
-	a.keyrings[k.store.Identity()] = k
+	a.keyrings[id] = k
+	if a.planNames[id] == nil {
+		a.planNames[id] = make(map[string]bool)
+	}
+	for name := range plans {
+		a.planNames[id][name] = true
+	}
+}
+
+// plans returns, sorted, the plans an account of the store with that
+// identity may be on: the defaults, those its handlers define, and
+// enterprise.
+func (a *App) plans(identity string) []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return planNames(a.planNames[identity])
+}
+
+// planNames returns, sorted, DefaultPlans, enterprise (whose accounts
+// carry their own rate) and the names in defined.
+func planNames(defined map[string]bool) []string {
+	names := []string{"enterprise"}
+	for name := range DefaultPlans {
+		names = append(names, name)
+	}
+	for name := range defined {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return slices.Compact(names)
 }
 
 // errNoStore means the running config has no postscale handler.

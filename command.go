@@ -1,10 +1,12 @@
 package postscale
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,12 +14,15 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"golang.org/x/term"
 )
 
 func registerCommand() {
@@ -42,15 +47,29 @@ postscale/keys.db in Caddy's data directory) or a PostgreSQL URL
   caddy postscale key list --account acme
   caddy postscale key roll key_… --expires-in 24h
   caddy postscale key revoke key_…
+  caddy postscale key revoke --key - < leaked-key.txt
 
 'key create' prints the key alone on stdout, so a script can capture it;
-it is shown this once and never again.`,
+it is shown this once and never again.
+
+A key is never an argument: given where an id belongs, it is refused
+before anything is sent, and only its redacted form is shown. To revoke a
+key by the key itself, use 'key revoke --key -', which reads it from
+stdin.
+
+Without a running instance, a plan can be checked against the postscale
+handlers only if --config names the gateway's config; else a plan other
+than starter, growth, scale or enterprise is stored with a warning.`,
 		CobraFunc: func(cmd *cobra.Command) {
 			pf := cmd.PersistentFlags()
 			pf.String("address", "", "Address of the administration API listener (if --config is not used)")
 			pf.StringP("config", "c", "", "Configuration file to read the admin address from (if --address is not used)")
 			pf.StringP("adapter", "a", "", "Name of config adapter to apply (if --config is used)")
 			pf.String("store", "", "Store to use directly instead of a running instance: a SQLite file path, or a PostgreSQL URL (postgres://…)")
+			// A flag's error quotes its value, which could be a key.
+			cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+				return errors.New(scrubKeys(err.Error()))
+			})
 			cmd.AddCommand(accountCommand(), keyCommand())
 		},
 	})
@@ -72,6 +91,7 @@ func accountCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			warnUncheckedPlan(cmd, m, req.Plan)
 			return printJSON(cmd.OutOrStdout(), a)
 		}),
 	}
@@ -114,6 +134,9 @@ func accountCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if req.Plan != nil {
+				warnUncheckedPlan(cmd, m, *req.Plan)
+			}
 			return printJSON(cmd.OutOrStdout(), a)
 		}),
 	}
@@ -139,9 +162,9 @@ func keyCommand() *cobra.Command {
 			req.Mode, _ = fl.GetString("mode")
 			req.Scopes, _ = fl.GetStringSlice("scope")
 			if s, _ := fl.GetString("expires-at"); s != "" {
-				t, err := time.Parse(time.RFC3339, s)
+				t, err := parseTime("--expires-at", s)
 				if err != nil {
-					return fmt.Errorf("--expires-at: want an RFC 3339 time such as 2027-01-31T00:00:00Z: %v", err)
+					return err
 				}
 				req.ExpiresAt = &t
 			}
@@ -162,7 +185,7 @@ func keyCommand() *cobra.Command {
 	create.Flags().String("name", "", "What the key is for, e.g. \"production server\" (required)")
 	create.Flags().String("mode", "live", "live (sends email) or test (never delivers)")
 	create.Flags().StringSlice("scope", nil, "Scope the key is limited to (repeatable); none means full access")
-	create.Flags().String("expires-at", "", "Time the key stops working (RFC 3339)")
+	create.Flags().String("expires-at", "", "Time the key stops working (RFC 3339, before 2200-01-01T00:00:00Z)")
 	create.Flags().Bool("json", false, "Print the whole record, key included, as JSON")
 
 	list := &cobra.Command{
@@ -194,17 +217,48 @@ func keyCommand() *cobra.Command {
 	}
 
 	revoke := &cobra.Command{
-		Use:   "revoke <key id>",
-		Short: "Revokes a key: it stops working at once",
-		Args:  cobra.ExactArgs(1),
+		Use:   "revoke <key id> | revoke --key -",
+		Short: "Revokes a key, by its id or by the key itself read from stdin: it stops working at once",
+		Long: `Revokes a key: it stops working at once.
+
+Give the key's id (key_…, as key list shows it), or, for a leaked key
+whose id you do not know, --key - and the key itself on stdin (one line;
+on a terminal it is read without being shown). The key is sent in the
+body of the request, never in a URL, and is not printed.`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			byKey, _ := cmd.Flags().GetString("key")
+			switch {
+			case byKey != "" && len(args) > 0:
+				return errors.New("give a key id or --key -, not both")
+			case byKey == "" && len(args) != 1:
+				return errors.New("give the id of the key to revoke (key_…), or --key - to read the key itself from stdin")
+			}
+			return nil
+		},
 		RunE: withManager(func(ctx context.Context, cmd *cobra.Command, m Manager, args []string) error {
-			k, err := m.RevokeKey(ctx, args[0])
+			var (
+				k   KeyRecord
+				err error
+			)
+			if byKey, _ := cmd.Flags().GetString("key"); byKey != "" {
+				if byKey != "-" {
+					return errors.New("--key takes - and reads the key from stdin, so that it stays out of the command line, the shell history and the process list")
+				}
+				var key string
+				if key, err = readKey(cmd); err != nil {
+					return err
+				}
+				k, err = m.RevokeByKey(ctx, key)
+			} else {
+				k, err = m.RevokeKey(ctx, args[0])
+			}
 			if err != nil {
 				return err
 			}
 			return printJSON(cmd.OutOrStdout(), k)
 		}),
 	}
+	revoke.Flags().String("key", "", "- to read the key to revoke from stdin, instead of giving its id")
 	roll := &cobra.Command{
 		Use:   "roll <key id> [--expires-in <duration>] [--json]",
 		Short: "Issues a replacement key and prints it alone on stdout; the old one works until --expires-in",
@@ -257,6 +311,46 @@ same fields, or {"keys": [...]}. Plaintext keys are hashed and never stored.`,
 	}
 	key.AddCommand(create, list, show, revoke, roll, importCmd)
 	return key
+}
+
+// readKey reads the key to revoke from stdin: one line, read without echo
+// on a terminal.
+func readKey(cmd *cobra.Command) (string, error) {
+	in := cmd.InOrStdin()
+	var line string
+	if f, ok := in.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		fmt.Fprint(cmd.ErrOrStderr(), "Key to revoke (not shown): ")
+		b, err := term.ReadPassword(int(f.Fd()))
+		fmt.Fprintln(cmd.ErrOrStderr())
+		if err != nil {
+			return "", fmt.Errorf("reading the key from the terminal: %w", err)
+		}
+		line = string(b)
+	} else {
+		var err error
+		line, err = bufio.NewReader(io.LimitReader(in, 4096)).ReadString('\n')
+		if err != nil && err != io.EOF {
+			return "", fmt.Errorf("reading the key from stdin: %w", err)
+		}
+	}
+	key := strings.TrimSpace(line)
+	if key == "" {
+		return "", errors.New("--key -: stdin holds no key; give the key on one line, e.g. caddy postscale key revoke --key - < leaked-key.txt")
+	}
+	return key, nil
+}
+
+// warnUncheckedPlan says on stderr that plan was stored without the check
+// against the handlers' plans, when m could not make it and the plan is
+// not one every handler has.
+func warnUncheckedPlan(cmd *cobra.Command, m Manager, plan string) {
+	d, ok := m.(directManager)
+	if !ok || d.plans != nil || slices.Contains(planNames(nil), plan) {
+		return
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "Warning: the plan %q is not built in and could not be checked: %s. "+
+		"Unless a postscale handler defines it, every request of this account gets 503; give --config with the gateway's config to check it.\n",
+		plan, d.unchecked)
 }
 
 // readImportFile reads legacy keys from CSV or JSON.
@@ -322,37 +416,145 @@ func printJSON(w io.Writer, v any) error {
 }
 
 // withManager runs a subcommand against the running instance's admin
-// endpoint if one answers, else against the store directly.
+// endpoint if one answers, else against the store directly. A key among
+// the arguments or flags is refused before anything is opened or sent,
+// and no error it returns shows a key.
 func withManager(run func(context.Context, *cobra.Command, Manager, []string) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
 		cmd.SilenceUsage = true
-		fl := cmd.Flags()
-		storeName, _ := fl.GetString("store")
-		if storeName == "" {
-			address, _ := fl.GetString("address")
-			config, _ := fl.GetString("config")
-			adapter, _ := fl.GetString("adapter")
-			addr, err := caddycmd.DetermineAdminAPIAddress(address, nil, config, adapter)
-			if err != nil {
-				return fmt.Errorf("finding the admin endpoint: %v", err)
-			}
-			if adminAnswers(addr) {
-				return run(cmd.Context(), cmd, adminClient{addr: addr}, args)
-			}
-			storeName = DefaultSQLitePath()
-			fmt.Fprintf(cmd.ErrOrStderr(), "No Caddy admin endpoint at %s; using the store %s directly.\n", addr, storeName)
-		}
-		ctx := cmd.Context()
-		if ctx == nil {
-			ctx = context.Background()
-		}
-		s, err := openStore(ctx, storeName)
-		if err != nil {
+		if err := refuseKeys(cmd, args); err != nil {
 			return err
 		}
-		defer s.Close()
-		return run(ctx, cmd, storeManager{store: s, now: time.Now}, args)
+		if err := runManager(cmd, args, run); err != nil {
+			return errors.New(scrubKeys(err.Error()))
+		}
+		return nil
 	}
+}
+
+func runManager(cmd *cobra.Command, args []string, run func(context.Context, *cobra.Command, Manager, []string) error) error {
+	fl := cmd.Flags()
+	storeName, _ := fl.GetString("store")
+	address, _ := fl.GetString("address")
+	config, _ := fl.GetString("config")
+	adapter, _ := fl.GetString("adapter")
+	var cfg []byte
+	if config != "" {
+		var err error
+		if cfg, _, _, err = caddycmd.LoadConfig(config, adapter); err != nil {
+			return fmt.Errorf("reading --config %s: %v", config, err)
+		}
+	}
+	if storeName == "" {
+		addr, err := caddycmd.DetermineAdminAPIAddress(address, cfg, config, adapter)
+		if err != nil {
+			return fmt.Errorf("finding the admin endpoint: %v", err)
+		}
+		if adminAnswers(addr) {
+			return run(cmd.Context(), cmd, adminClient{addr: addr}, args)
+		}
+		storeName = DefaultSQLitePath()
+		fmt.Fprintf(cmd.ErrOrStderr(), "No Caddy admin endpoint at %s; using the store %s directly.\n", addr, storeName)
+	}
+	m := directManager{storeManager: storeManager{now: time.Now}, unchecked: "no running instance answered, and no --config names the gateway's config"}
+	if cfg != nil {
+		plans, err := configPlans(cfg)
+		if err != nil {
+			return fmt.Errorf("reading the plans of --config %s: %v", config, err)
+		}
+		if m.plans = plans; plans == nil {
+			m.unchecked = "the config " + config + " has no postscale handler"
+		}
+	}
+	ctx := cmd.Context()
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	s, err := openStore(ctx, storeName)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	m.store = s
+	return run(ctx, cmd, m, args)
+}
+
+// directManager is the storeManager of the CLI straight on a store.
+type directManager struct {
+	storeManager
+	// unchecked says why the plans are not known (when plans is nil).
+	unchecked string
+}
+
+// configPlans returns the plans an account may be on under a config in
+// Caddy's JSON: those of planNames with the plans of every postscale
+// handler in it, wherever it is (in routes, subroutes, error routes). It
+// returns nil for a config without a postscale handler.
+func configPlans(cfg []byte) ([]string, error) {
+	var doc any
+	if err := json.Unmarshal(cfg, &doc); err != nil {
+		return nil, err
+	}
+	defined := map[string]bool{}
+	found := false
+	var walk func(v any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			if v["handler"] == "postscale" {
+				found = true
+				if plans, ok := v["plans"].(map[string]any); ok {
+					for name := range plans {
+						defined[name] = true
+					}
+				}
+			}
+			for _, e := range v {
+				walk(e)
+			}
+		case []any:
+			for _, e := range v {
+				walk(e)
+			}
+		}
+	}
+	walk(doc)
+	if !found {
+		return nil, nil
+	}
+	return planNames(defined), nil
+}
+
+// refuseKeys refuses an API key among a command's arguments or flag
+// values, showing its redacted form only, before anything is sent.
+func refuseKeys(cmd *cobra.Command, args []string) error {
+	what := "an id"
+	switch cmd.Parent().Name() {
+	case "key":
+		what = "a key id (key_…)"
+	case "account":
+		what = "an account id"
+	}
+	refuse := func(where, v string) error {
+		if start, end := nextKey(v, 0); start >= 0 {
+			return fmt.Errorf("%s holds an API key (%s), not %s; nothing was sent. To revoke a key by the key itself, run: caddy postscale key revoke --key - and give the key on stdin",
+				where, Redact(v[start:end]), what)
+		}
+		return nil
+	}
+	for _, a := range args {
+		if err := refuse("the argument", a); err != nil {
+			return err
+		}
+	}
+	var err error
+	cmd.Flags().Visit(func(f *pflag.Flag) {
+		if err == nil {
+			what = "a value of --" + f.Name
+			err = refuse("--"+f.Name, f.Value.String())
+		}
+	})
+	return err
 }
 
 // openStore opens a store outside of a Caddy config: a PostgreSQL store
@@ -461,8 +663,14 @@ func (c adminClient) RevokeKey(_ context.Context, id string) (KeyRecord, error) 
 	return adminCall[KeyRecord](c, http.MethodDelete, adminPrefix+"keys/"+url.PathEscape(id), nil)
 }
 
+// RevokeByKey sends the key in the body, never in the URL.
+func (c adminClient) RevokeByKey(_ context.Context, key string) (KeyRecord, error) {
+	return adminCall[KeyRecord](c, http.MethodPost, adminPrefix+"keys/revoke", RevokeRequest{Key: key})
+}
+
 // Interface guards.
 var (
 	_ Manager = adminClient{}
 	_ Manager = storeManager{}
+	_ Manager = directManager{}
 )

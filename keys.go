@@ -243,8 +243,12 @@ func newID(prefix string) (string, error) {
 	return prefix + r, nil
 }
 
-// Redact returns the display form of a key: its prefix and last 4
-// characters, e.g. ps_live_…wxyz. It is safe to show, log and store.
+// Redact returns the display form of a key: its prefix and the last 4
+// characters, e.g. ps_live_…wxyz. It is safe to show, log and store. A
+// short (legacy) key shows fewer: never more than a quarter of what
+// follows the prefix, so ps_live_abc123xyz (9 characters) shows
+// ps_live_…yz and a key of 3 characters or fewer after the prefix shows
+// ps_live_… alone. Characters that no key holds are never shown.
 func Redact(key string) string {
 	var prefix string
 	switch {
@@ -255,11 +259,16 @@ func Redact(key string) string {
 	default:
 		return "…" // not a Postscale key: show nothing of it
 	}
-	if len(key) < len(prefix)+8 {
-		return prefix + "…"
+	tail := key[len(key)-min(redactShown, (len(key)-len(prefix))/4):]
+	if !isLegacyBody(tail) {
+		tail = "" // not key characters (a mangled paste): show none of it
 	}
-	return prefix + "…" + key[len(key)-4:]
+	return prefix + "…" + tail
 }
+
+// redactShown is how many trailing characters Redact shows of a key long
+// enough for them to be at most a quarter of it.
+const redactShown = 4
 
 // ParseHashHex parses a SHA-256 written as 64 hex digits.
 func ParseHashHex(s string) ([sha256.Size]byte, error) {

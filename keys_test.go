@@ -162,13 +162,27 @@ func TestParseKeyErrorsNeverContainKey(t *testing.T) {
 func TestRedact(t *testing.T) {
 	tests := []struct{ key, want string }{
 		{"ps_live_abcdefghijklmnopqrstuvwxyz0123456789AB", "ps_live_…89AB"},
-		{"ps_test_abc123xyz", "ps_test_…3xyz"},
+		{"ps_test_abc123xyz", "ps_test_…yz"}, // 9 characters: a quarter is 2
+		{"ps_live_abcdefghij", "ps_live_…ij"},
+		{"ps_live_abcdefghijklmnop", "ps_live_…mnop"},
+		{"ps_live_abcdefg", "ps_live_…g"},
 		{"ps_live_abc", "ps_live_…"},
+		{"ps_live_", "ps_live_…"},
+		{"ps_live_abcdefgh€€€", "ps_live_…"}, // no key characters: none shown
 		{"sk_other_secret_value", "…"},
 	}
 	for _, tt := range tests {
 		if got := Redact(tt.key); got != tt.want {
 			t.Errorf("Redact(%q) = %q, want %q", tt.key, got, tt.want)
+		}
+	}
+	// Whatever its length, a key shows at most 4 characters of what
+	// follows its prefix, and at most a quarter of them.
+	for n := 0; n <= maxLegacyBodyLen; n++ {
+		key := "ps_live_" + strings.Repeat("x", n)
+		shown := len(strings.TrimPrefix(Redact(key), "ps_live_…"))
+		if shown > 4 || 4*shown > n {
+			t.Errorf("Redact of a key with %d characters after the prefix shows %d of them", n, shown)
 		}
 	}
 }

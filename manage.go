@@ -1,15 +1,18 @@
 package postscale
 
 import (
+	"bytes"
 	"context"
-
+	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/caddyserver/caddy/v2"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 // InputError is a management request that cannot be served as given. Field
@@ -28,7 +31,21 @@ func badInput(field, format string, args ...any) error {
 var (
 	accountIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 	planNamePattern  = regexp.MustCompile(`^[a-z0-9_-]{1,32}$`)
+	// keyIDPattern is the form of every key id newID makes.
+	keyIDPattern = regexp.MustCompile(`^key_[0-9A-Za-z]{1,64}$`)
 )
+
+// The times a request may set. Beyond them a store could not keep the time
+// exactly (SQLite keeps nanoseconds since 1970 in 64 bits, which end in
+// April 2262), so they are refused rather than stored wrong.
+var (
+	// maxExpiresAt bounds expires_at: a key expires before 2200.
+	maxExpiresAt = time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
+// maxRollGrace bounds a roll's expires_in: the old key of a roll works for
+// at most a year.
+const maxRollGrace = 365 * 24 * time.Hour
 
 // maxKeyNameLen bounds a key's name, in characters.
 const maxKeyNameLen = 200
@@ -41,13 +58,85 @@ type AccountRequest struct {
 	Burst int     `json:"burst,omitempty"`
 }
 
-// KeyRequest creates a key.
+// KeyRequest creates a key. ExpiresAt, when set, must be in the future and
+// before 2200-01-01T00:00:00Z; in JSON it is an RFC 3339 time (see
+// UnmarshalJSON).
 type KeyRequest struct {
 	Account   string     `json:"account"`
 	Name      string     `json:"name"`
 	Mode      string     `json:"mode"`
 	Scopes    []string   `json:"scopes,omitempty"`
 	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+}
+
+// UnmarshalJSON reads a KeyRequest, refusing fields it does not have, with
+// expires_at read by parseTime: a time that is not RFC 3339 is an error
+// naming expires_at, and leap seconds and offsets of 24 hours or more are
+// refused rather than misread.
+func (r *KeyRequest) UnmarshalJSON(b []byte) error {
+	type plain KeyRequest
+	var in struct {
+		plain
+		ExpiresAt json.RawMessage `json:"expires_at"` // shadows plain's
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&in); err != nil {
+		return err
+	}
+	*r = KeyRequest(in.plain)
+	r.ExpiresAt = nil
+	if len(in.ExpiresAt) == 0 || string(in.ExpiresAt) == "null" {
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(in.ExpiresAt, &s); err != nil {
+		return badInput("expires_at", "must be an RFC 3339 time in a JSON string, such as \"2030-01-31T00:00:00Z\"")
+	}
+	t, err := parseTime("expires_at", s)
+	if err != nil {
+		return err
+	}
+	r.ExpiresAt = &t
+	return nil
+}
+
+// parseTime reads an RFC 3339 time such as 2030-01-31T00:00:00Z or
+// 2030-01-31T09:30:00+05:30 (lower-case t and z too, as RFC 3339 allows),
+// or returns an input error on field that never quotes s. A leap second
+// (23:59:60), which Go's time cannot hold, and a UTC offset of 24 hours or
+// more, which RFC 3339 does not have, are refused.
+func parseTime(field, s string) (time.Time, error) {
+	b := []byte(s)
+	if len(b) > 10 && b[10] == 't' {
+		b[10] = 'T'
+	}
+	if n := len(b); n > 0 && b[n-1] == 'z' {
+		b[n-1] = 'Z'
+	}
+	if len(b) >= 19 && b[16] == ':' && b[17] == '6' && b[18] == '0' {
+		return time.Time{}, badInput(field, "has the second 60 (a leap second), which cannot be stored; use :59 or the next minute")
+	}
+	t, err := time.Parse(time.RFC3339, string(b))
+	if err != nil {
+		return time.Time{}, badInput(field, "must be an RFC 3339 time such as 2030-01-31T00:00:00Z or 2030-01-31T09:30:00+05:30")
+	}
+	if _, off := t.Zone(); off <= -24*60*60 || off >= 24*60*60 {
+		return time.Time{}, badInput(field, "has a UTC offset of 24 hours or more; RFC 3339 offsets are -23:59 to +23:59")
+	}
+	return t, nil
+}
+
+// checkExpiresAt refuses an expiry that is not in the future or that is
+// not before maxExpiresAt.
+func checkExpiresAt(field string, t, now time.Time) error {
+	switch {
+	case !t.After(now):
+		return badInput(field, "must be in the future: %s is not (to stop a key now, revoke it)", t.UTC().Format(time.RFC3339Nano))
+	case !t.Before(maxExpiresAt):
+		return badInput(field, "must be before %s, got %s; for a key that never expires, leave expires_at out", maxExpiresAt.Format(time.RFC3339), t.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // CreatedKey is the answer to a key creation or roll: the record and,
@@ -66,9 +155,9 @@ type AccountUpdate struct {
 	Burst *int     `json:"burst,omitempty"`
 }
 
-// RollRequest rolls a key: the old key keeps working for ExpiresIn (a Go
-// duration such as "24h"; default 24h; "0s" ends it at once), then answers
-// expired_api_key.
+// RollRequest rolls a key: the old key keeps working for ExpiresIn (a
+// duration such as "24h", "30m" or "7d", from "0s", which ends it at once,
+// to "365d"; default 24h), then answers expired_api_key.
 type RollRequest struct {
 	ExpiresIn string `json:"expires_in,omitempty"`
 }
@@ -92,6 +181,13 @@ type ImportedKey struct {
 	Scopes  []string `json:"scopes,omitempty"`
 }
 
+// RevokeRequest revokes a key by the key itself (POST
+// /postscale/keys/revoke), for a leaked key whose id nobody knows: the key
+// travels in the body, never in a URL.
+type RevokeRequest struct {
+	Key string `json:"key"`
+}
+
 // ImportResult lists the records an import created.
 type ImportResult struct {
 	Imported []KeyRecord `json:"imported"`
@@ -112,6 +208,9 @@ type Manager interface {
 	ListKeys(ctx context.Context, account string) ([]KeyRecord, error)
 	GetKey(ctx context.Context, id string) (KeyRecord, error)
 	RevokeKey(ctx context.Context, id string) (KeyRecord, error)
+	// RevokeByKey revokes the key given itself, not its id; its errors
+	// show the key's redacted form at most.
+	RevokeByKey(ctx context.Context, key string) (KeyRecord, error)
 	RollKey(ctx context.Context, id string, req RollRequest) (CreatedKey, error)
 	ImportKeys(ctx context.Context, req ImportRequest) (ImportResult, error)
 }
@@ -124,6 +223,11 @@ type storeManager struct {
 	store   Store
 	now     func() time.Time
 	changed func(Change) // may be nil
+	// plans are the plan names accounts may be put on, sorted: those the
+	// postscale handlers define, and enterprise. Nil means they are not
+	// known here (the CLI straight on a store, without a config), and a
+	// plan is not checked.
+	plans []string
 }
 
 func (m storeManager) notify(c Change) {
@@ -135,10 +239,16 @@ func (m storeManager) notify(c Change) {
 // CreateAccount validates req and stores the account.
 func (m storeManager) CreateAccount(ctx context.Context, req AccountRequest) (Account, error) {
 	s, now := m.store, m.now()
+	if err := noKey("id", "an account id", req.ID); err != nil {
+		return Account{}, err
+	}
 	if !accountIDPattern.MatchString(req.ID) {
 		return Account{}, badInput("id", "must be 1 to 64 characters of A-Z, a-z, 0-9, _ and -")
 	}
 	if err := checkLimits(&req); err != nil {
+		return Account{}, err
+	}
+	if err := m.checkPlanKnown(req.Plan); err != nil {
 		return Account{}, err
 	}
 	a := Account{ID: req.ID, Plan: req.Plan, Rate: req.Rate, Burst: req.Burst, CreatedAt: now.UTC()}
@@ -154,6 +264,9 @@ func (m storeManager) CreateAccount(ctx context.Context, req AccountRequest) (Ac
 // UpdateAccount changes an account's plan or limits. Running gateways apply
 // it from the account's next request on.
 func (m storeManager) UpdateAccount(ctx context.Context, id string, req AccountUpdate) (Account, error) {
+	if err := checkAccountRef("id", id); err != nil {
+		return Account{}, err
+	}
 	updated, err := m.store.UpdateAccount(ctx, id, func(a Account) (Account, error) {
 		next := AccountRequest{ID: id, Plan: a.Plan, Rate: a.Rate, Burst: a.Burst}
 		if req.Plan != nil && *req.Plan != a.Plan {
@@ -176,6 +289,11 @@ func (m storeManager) UpdateAccount(ctx context.Context, id string, req AccountU
 		if err := checkLimits(&next); err != nil {
 			return a, err
 		}
+		if req.Plan != nil {
+			if err := m.checkPlanKnown(next.Plan); err != nil {
+				return a, err
+			}
+		}
 		a.Plan, a.Rate, a.Burst = next.Plan, next.Rate, next.Burst
 		return a, nil
 	})
@@ -189,6 +307,9 @@ func (m storeManager) UpdateAccount(ctx context.Context, id string, req AccountU
 // checkLimits validates an account's plan, rate and burst, and fills in
 // the default burst of an enterprise account.
 func checkLimits(req *AccountRequest) error {
+	if err := noKey("plan", "a plan name", req.Plan); err != nil {
+		return err
+	}
 	if !planNamePattern.MatchString(req.Plan) {
 		return badInput("plan", "must name a plan: 1 to 32 characters of a-z, 0-9, _ and - (e.g. starter, growth, scale, enterprise)")
 	}
@@ -205,8 +326,21 @@ func checkLimits(req *AccountRequest) error {
 	return nil
 }
 
+// checkPlanKnown refuses a plan that is not in m.plans, naming the plans
+// that are; with m.plans nil it checks nothing.
+func (m storeManager) checkPlanKnown(plan string) error {
+	if m.plans == nil || slices.Contains(m.plans, plan) {
+		return nil
+	}
+	return badInput("plan", "no postscale handler defines the plan %q, so every request of an account on it would get 503; the plans are %s (enterprise with its own rate)",
+		plan, strings.Join(m.plans, ", "))
+}
+
 // GetAccount returns an account.
 func (m storeManager) GetAccount(ctx context.Context, id string) (Account, error) {
+	if err := checkAccountRef("id", id); err != nil {
+		return Account{}, err
+	}
 	a, err := m.store.GetAccount(ctx, id)
 	return a, notFoundAs(err, "account", id)
 }
@@ -216,6 +350,9 @@ func (m storeManager) CreateKey(ctx context.Context, req KeyRequest) (CreatedKey
 	s, now := m.store, m.now()
 	if req.Account == "" {
 		return CreatedKey{}, badInput("account", "is required")
+	}
+	if err := checkAccountRef("account", req.Account); err != nil {
+		return CreatedKey{}, err
 	}
 	name, err := checkKeyName("name", req.Name)
 	if err != nil {
@@ -228,8 +365,10 @@ func (m storeManager) CreateKey(ctx context.Context, req KeyRequest) (CreatedKey
 	if err != nil {
 		return CreatedKey{}, badInput("mode", "must be \"live\" or \"test\"")
 	}
-	if req.ExpiresAt != nil && !req.ExpiresAt.After(now) {
-		return CreatedKey{}, badInput("expires_at", "must be in the future")
+	if req.ExpiresAt != nil {
+		if err := checkExpiresAt("expires_at", *req.ExpiresAt, now); err != nil {
+			return CreatedKey{}, err
+		}
 	}
 	if err := checkScopes("scopes", req.Scopes); err != nil {
 		return CreatedKey{}, err
@@ -250,15 +389,27 @@ func (m storeManager) CreateKey(ctx context.Context, req KeyRequest) (CreatedKey
 // checkKeyName returns a key's name trimmed, or an input error on field.
 func checkKeyName(field, name string) (string, error) {
 	name = strings.TrimSpace(name)
+	if err := noKey(field, "a key's name", name); err != nil {
+		return "", err
+	}
 	if name == "" || len([]rune(name)) > maxKeyNameLen || strings.IndexFunc(name, unicode.IsControl) >= 0 {
 		return "", badInput(field, "is required: say what the key is for (e.g. \"production server\"), in at most %d characters without control characters", maxKeyNameLen)
 	}
 	return name, nil
 }
 
+// maxScopes bounds the scopes of one key.
+const maxScopes = 32
+
 // checkScopes checks a key's scopes, or returns an input error on field.
 func checkScopes(field string, scopes []string) error {
+	if len(scopes) > maxScopes {
+		return badInput(field, "a key has at most %d scopes", maxScopes)
+	}
 	for _, sc := range scopes {
+		if err := noKey(field, "a scope", sc); err != nil {
+			return err
+		}
 		if !validScope(sc) {
 			return badInput(field, "a scope is 1 to 64 characters of printable ASCII without spaces, quotes or backslashes, e.g. emails:send")
 		}
@@ -298,13 +449,12 @@ func issueKey(account, name string, mode Mode, scopes []string, expires *time.Ti
 // Deprecation and Sunset on its responses, then expires.
 func (m storeManager) RollKey(ctx context.Context, id string, req RollRequest) (CreatedKey, error) {
 	now := m.now()
-	grace := DefaultRollGrace
-	if req.ExpiresIn != "" {
-		d, err := caddy.ParseDuration(req.ExpiresIn)
-		if err != nil || d < 0 {
-			return CreatedKey{}, badInput("expires_in", "must be a duration such as \"24h\" or \"30m\" (0s ends the old key at once)")
-		}
-		grace = d
+	if err := checkKeyRef("id", id); err != nil {
+		return CreatedKey{}, err
+	}
+	grace, err := rollGrace(req.ExpiresIn)
+	if err != nil {
+		return CreatedKey{}, err
 	}
 	old, err := m.store.GetKey(ctx, id)
 	if err != nil {
@@ -329,6 +479,24 @@ func (m storeManager) RollKey(ctx context.Context, id string, req RollRequest) (
 	return CreatedKey{KeyRecord: rec, Key: plaintext, Replaces: &updated}, nil
 }
 
+// rollGrace reads a roll's expires_in: DefaultRollGrace when empty, else a
+// duration from 0s to maxRollGrace.
+func rollGrace(s string) (time.Duration, error) {
+	if s == "" {
+		return DefaultRollGrace, nil
+	}
+	d, err := caddy.ParseDuration(s)
+	switch {
+	case err != nil:
+		return 0, badInput("expires_in", "must be a duration such as \"24h\", \"30m\" or \"7d\" (0s ends the old key at once)")
+	case d < 0:
+		return 0, badInput("expires_in", "must not be negative: 0s ends the old key at once")
+	case d > maxRollGrace:
+		return 0, badInput("expires_in", "must be at most 365d (8760h), got %s", d)
+	}
+	return d, nil
+}
+
 // ImportKeys stores keys of the legacy system, all or none. Plaintext keys
 // are hashed here and never stored; imported keys authenticate only with
 // legacy_keys on.
@@ -341,6 +509,9 @@ func (m storeManager) ImportKeys(ctx context.Context, req ImportRequest) (Import
 	accounts := map[string]bool{}
 	for i, in := range req.Keys {
 		field := func(name string) string { return fmt.Sprintf("keys[%d].%s", i, name) }
+		if err := checkAccountRef(field("account"), in.Account); err != nil {
+			return ImportResult{}, err
+		}
 		name, err := checkKeyName(field("name"), in.Name)
 		if err != nil {
 			return ImportResult{}, err
@@ -409,12 +580,18 @@ func (m storeManager) ListKeys(ctx context.Context, account string) ([]KeyRecord
 	if account == "" {
 		return nil, badInput("account", "is required")
 	}
+	if err := checkAccountRef("account", account); err != nil {
+		return nil, err
+	}
 	keys, err := m.store.ListKeys(ctx, account)
 	return keys, notFoundAs(err, "account", account)
 }
 
 // GetKey returns a key record.
 func (m storeManager) GetKey(ctx context.Context, id string) (KeyRecord, error) {
+	if err := checkKeyRef("id", id); err != nil {
+		return KeyRecord{}, err
+	}
 	k, err := m.store.GetKey(ctx, id)
 	return k, notFoundAs(err, "key", id)
 }
@@ -422,6 +599,9 @@ func (m storeManager) GetKey(ctx context.Context, id string) (KeyRecord, error) 
 // RevokeKey revokes a key. When it returns, the serving instance rejects
 // the key (see storeManager).
 func (m storeManager) RevokeKey(ctx context.Context, id string) (KeyRecord, error) {
+	if err := checkKeyRef("id", id); err != nil {
+		return KeyRecord{}, err
+	}
 	k, err := m.store.RevokeKey(ctx, id, m.now())
 	if err != nil {
 		return k, notFoundAs(err, "key", id)
@@ -430,10 +610,122 @@ func (m storeManager) RevokeKey(ctx context.Context, id string) (KeyRecord, erro
 	return k, nil
 }
 
-// notFoundAs names what was not found in an ErrNotFound.
+// RevokeByKey revokes the key given itself (a leaked key whose id nobody
+// knows), issued or legacy, whether or not legacy keys are accepted. It
+// finds the key by its hash, as the gateway does; its errors show the
+// key's redacted form at most.
+func (m storeManager) RevokeByKey(ctx context.Context, key string) (KeyRecord, error) {
+	key = strings.TrimSpace(key)
+	if key == "" {
+		return KeyRecord{}, badInput("key", "is required: the key to revoke, ps_live_… or ps_test_…")
+	}
+	k, err := ParseKey(key, true)
+	switch {
+	case errors.Is(err, errBadChecksum):
+		return KeyRecord{}, badInput("key", "%s has the form of an issued key but its checksum does not match: it was mistyped or cut short", Redact(key))
+	case err != nil:
+		return KeyRecord{}, badInput("key", "is not a ps_live_… or ps_test_… key")
+	}
+	rec, _, err := m.store.LookupKey(ctx, k.Hash)
+	if errors.Is(err, ErrNotFound) {
+		return KeyRecord{}, fmt.Errorf("key %s: no key in the store matches it: %w", Redact(key), ErrNotFound)
+	}
+	if err != nil {
+		return KeyRecord{}, err
+	}
+	return m.RevokeKey(ctx, rec.ID)
+}
+
+// notFoundAs names what was not found in an ErrNotFound. The id has been
+// checked (checkAccountRef, checkKeyRef), so it is not a key.
 func notFoundAs(err error, what, id string) error {
 	if errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("%s %q: %w", what, id, ErrNotFound)
 	}
 	return err
+}
+
+// checkAccountRef refuses, without repeating it, an account id that looks
+// like an API key or that no account can have.
+func checkAccountRef(field, id string) error {
+	if err := noKey(field, "an account id", id); err != nil {
+		return err
+	}
+	if !accountIDPattern.MatchString(id) {
+		return badInput(field, "is not an account id: account ids are 1 to 64 characters of A-Z, a-z, 0-9, _ and -")
+	}
+	return nil
+}
+
+// checkKeyRef refuses, without repeating it, a key id that looks like an
+// API key or that no key can have.
+func checkKeyRef(field, id string) error {
+	if err := noKey(field, "a key id (key_…)", id); err != nil {
+		return err
+	}
+	if !keyIDPattern.MatchString(id) {
+		return badInput(field, "is not a key id: key ids are key_ followed by letters and digits, as key list shows them")
+	}
+	return nil
+}
+
+// noKey refuses a value that holds an API key where what (an id, a name)
+// belongs, showing only the key's redacted form.
+func noKey(field, what, v string) error {
+	if start, end := nextKey(v, 0); start >= 0 {
+		return keyWhereIDBelongs(field, what, Redact(v[start:end]))
+	}
+	return nil
+}
+
+// keyWhereIDBelongs is the error for an API key given where what belongs.
+func keyWhereIDBelongs(field, what, redacted string) error {
+	return badInput(field, "holds an API key (%s), not %s; it is not repeated here. A key never goes in a URL, an id or a name: "+
+		"to revoke a key by the key itself, POST {\"key\": \"…\"} to /postscale/keys/revoke, or run caddy postscale key revoke --key - and give the key on stdin",
+		redacted, what)
+}
+
+// nextKey finds, from byte from on, the first thing in s shaped like an
+// API key: ps_live_ or ps_test_ at the start of s or after a character
+// that is not a letter or digit, with whatever key characters follow (so
+// a legacy key, or one cut short or mistyped, counts too, while an id
+// such as ops_test_team does not). It returns its start and end, or -1,
+// -1.
+func nextKey(s string, from int) (start, end int) {
+	for i := from; i+len("ps_live_") <= len(s); i++ {
+		if s[i] != 'p' || i > 0 && isAlnum(s[i-1]) {
+			continue
+		}
+		if rest := s[i:]; strings.HasPrefix(rest, "ps_live_") || strings.HasPrefix(rest, "ps_test_") {
+			end := i + len("ps_live_")
+			for end < len(s) && isLegacyBody(s[end:end+1]) {
+				end++
+			}
+			return i, end
+		}
+	}
+	return -1, -1
+}
+
+// scrubKeys replaces everything in s shaped like an API key (see nextKey)
+// with its redacted form: the last defence of an error message.
+func scrubKeys(s string) string {
+	start, end := nextKey(s, 0)
+	if start < 0 {
+		return s
+	}
+	var b strings.Builder
+	last := 0
+	for start >= 0 {
+		b.WriteString(s[last:start])
+		b.WriteString(Redact(s[start:end]))
+		last = end
+		start, end = nextKey(s, end)
+	}
+	b.WriteString(s[last:])
+	return b.String()
+}
+
+func isAlnum(c byte) bool {
+	return '0' <= c && c <= '9' || 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z'
 }

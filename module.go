@@ -169,7 +169,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("loading postscale app: %w", err)
 	}
-	app.(*App).register(h.keys)
+	app.(*App).register(h.keys, h.Plans)
 	if h.ForwardAuthorization {
 		h.logger.Warn("forward_authorization is on: the backend receives every API key in plaintext")
 	}

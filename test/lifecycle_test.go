@@ -311,12 +311,12 @@ func TestImportLegacyKeys(t *testing.T) {
 		id                     string // set once imported
 	}
 	keys := []*legacyKey{
-		{key: "ps_live_abc123xyz", account: "acme", redacted: "ps_live_…3xyz"},      // admin API, plaintext
-		{key: "ps_test_hashed0987", account: "acme", redacted: "ps_test_…"},         // admin API, hash
-		{key: "ps_live_csvplain1111", account: "acme", redacted: "ps_live_…1111"},   // CLI CSV, plaintext
-		{key: "ps_live_csvhashed2222", account: "bigco", redacted: "ps_live_…"},     // CLI CSV, hash
-		{key: "ps_test_jsonplain3333", account: "bigco", redacted: "ps_test_…3333"}, // CLI JSON into the store, plaintext
-		{key: "ps_live_jsonhashed4444", account: "acme", redacted: "ps_live_…"},     // CLI JSON into the store, hash
+		{key: "ps_live_abc123xyz", account: "acme", redacted: "ps_live_…yz"},       // admin API, plaintext: 9 characters show 2
+		{key: "ps_test_hashed0987", account: "acme", redacted: "ps_test_…"},        // admin API, hash
+		{key: "ps_live_csvplain1111", account: "acme", redacted: "ps_live_…111"},   // CLI CSV, plaintext: 12 characters show 3
+		{key: "ps_live_csvhashed2222", account: "bigco", redacted: "ps_live_…"},    // CLI CSV, hash
+		{key: "ps_test_jsonplain3333", account: "bigco", redacted: "ps_test_…333"}, // CLI JSON into the store, plaintext: 13 show 3
+		{key: "ps_live_jsonhashed4444", account: "acme", redacted: "ps_live_…"},    // CLI JSON into the store, hash
 	}
 	// secretShown fails the test if out shows a plaintext or a hash of keys.
 	secretShown := func(what, out string) {

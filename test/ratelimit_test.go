@@ -340,14 +340,19 @@ func TestRateLimitEnterprise(t *testing.T) {
 	assertRateLimit(t, r, "enterprise", 2)
 }
 
-// TestRateLimitUnknownPlan: an account on a plan no config defines gets
-// 503 plan_not_configured for live and test keys, and nothing reaches the
-// backend; once a reload defines the plan, its requests are admitted.
+// TestRateLimitUnknownPlan: an account on a plan the config no longer
+// defines (the admin API refuses new accounts on unknown plans, but a
+// reload can drop a plan in use) gets 503 plan_not_configured for live and
+// test keys, and nothing reaches the backend; once a reload defines the
+// plan again, its requests are admitted.
 func TestRateLimitUnknownPlan(t *testing.T) {
-	backend, store := startGateway(t, "")
+	backend, store := startGateway(t, "plan platinum 5")
 	createAccount(t, "acme", "platinum")
 	live := createKey(t, "acme", "server", "live")
 	test := createKey(t, "acme", "ci", "test")
+	if !reload(t, gatewaySite(store, backend.addr(), ""), false) {
+		t.Fatal("Caddy did not start the changed config")
+	}
 
 	for _, k := range []createdKey{live, test, live} {
 		expectRejected(t, backend, planNotConfigured, "/v1/emails", bearer(k.Key))
