@@ -323,6 +323,7 @@ func TestScrubKeys(t *testing.T) {
 		"/postscale/keys/" + key:                  "/postscale/keys/" + Redact(key),
 		"account ops_test_team and xps_live_1234": "account ops_test_team and xps_live_1234",
 		"nothing here":                            "nothing here",
+		"key ps_live_…wxyz and ps_test_…":         "key ps_live_…wxyz and ps_test_…",
 	} {
 		if got := scrubKeys(in); got != want {
 			t.Errorf("scrubKeys(%q) = %q, want %q", in, got, want)

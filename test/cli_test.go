@@ -589,7 +589,8 @@ func TestCLIRevokeByKey(t *testing.T) {
 			args  []string
 			want  string
 		}{
-			{unknown + "\n", []string{"key", "revoke", "--key", "-"}, "not found"},
+			// the redacted form, as the instance wrote it (not redacted again)
+			{unknown + "\n", []string{"key", "revoke", "--key", "-"}, "key " + postscale.Redact(unknown) + ": no key in the store matches it"},
 			{"", []string{"key", "revoke", "--key", "-"}, "stdin holds no key"},
 			{"sk_live_123\n", []string{"key", "revoke", "--key", "-"}, "key: is not a ps_live_"},
 			{unknown, []string{"key", "revoke", "--key", "leaked.txt"}, "--key takes -"},
