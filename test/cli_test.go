@@ -2,9 +2,11 @@ package test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -690,4 +692,47 @@ func TestCLIPlanCheck(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestCLIBinaryNeverPrintsAKey: the built caddy binary, as an operator
+// runs it: a key given as an argument or a flag value fails (exit status
+// 1) without anything on stdout and with only its redacted form on
+// stderr, and `key revoke --key -` revokes the key piped to it.
+func TestCLIBinaryNeverPrintsAKey(t *testing.T) {
+	bin := gatewayBinary(t)
+	store := storePath(t)
+	cli(t, "--store", store, "account", "create", "acme", "--plan", "growth")
+	k := cliCreateKeyJSON(t, "--store", store, "--account", "acme", "--name", "leaked")
+	run := func(stdin string, args ...string) (stdout, stderr string, code int) {
+		t.Helper()
+		cmd := exec.Command(bin, append([]string{"postscale", "--store", store}, args...)...)
+		cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
+		cmd.Stdin = strings.NewReader(stdin)
+		var out, errOut strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		err := cmd.Run()
+		var exit *exec.ExitError
+		if err != nil && !errors.As(err, &exit) {
+			t.Fatal(err)
+		}
+		return out.String(), errOut.String(), cmd.ProcessState.ExitCode()
+	}
+	for _, args := range [][]string{
+		{"key", "revoke", k.Key},
+		{"key", "show", k.Key},
+		{"key", "revoke", "--key", k.Key},
+		{"account", "create", "x", "--rate", k.Key},
+		{"key", "revoke", "--" + k.Key},
+	} {
+		stdout, stderr, code := run("", args...)
+		shown := strings.ReplaceAll(strings.Join(args, " "), k.Key, postscale.Redact(k.Key))
+		if code != 1 || stdout != "" || showsKey(stderr, k.Key) != "" || !strings.Contains(stderr, postscale.Redact(k.Key)) {
+			t.Errorf("caddy postscale %s: exit %d, stdout %q, stderr %q; want exit 1, nothing on stdout, the redacted form %s alone on stderr",
+				shown, code, stdout, strings.ReplaceAll(stderr, k.Key, "<the key>"), postscale.Redact(k.Key))
+		}
+	}
+	stdout, stderr, code := run(k.Key+"\n", "key", "revoke", "--key", "-")
+	if code != 0 || !strings.Contains(stdout, `"revoked_at"`) || showsKey(stdout+stderr, k.Key) != "" {
+		t.Errorf("key revoke --key -: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
 }
