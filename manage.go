@@ -708,7 +708,8 @@ func nextKey(s string, from int) (start, end int) {
 }
 
 // scrubKeys replaces everything in s shaped like an API key (see nextKey)
-// with its redacted form: the last defence of an error message.
+// with its redacted form, leaving redacted forms as they are: the last
+// defence of an error message.
 func scrubKeys(s string) string {
 	start, end := nextKey(s, 0)
 	if start < 0 {
@@ -718,7 +719,11 @@ func scrubKeys(s string) string {
 	last := 0
 	for start >= 0 {
 		b.WriteString(s[last:start])
-		b.WriteString(Redact(s[start:end]))
+		if end-start == len("ps_live_") && strings.HasPrefix(s[end:], "…") {
+			b.WriteString(s[start:end]) // a redacted form already
+		} else {
+			b.WriteString(Redact(s[start:end]))
+		}
 		last = end
 		start, end = nextKey(s, end)
 	}

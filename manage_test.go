@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postscale/caddy-postscale/internal/testenv"
 )
 
 // inputErrorOn fails the test unless err is an input error on field.
@@ -25,9 +27,26 @@ func inputErrorOn(t *testing.T, err error, field string) *InputError {
 // works (SQLite keeps nanoseconds since 1970 in 64 bits, which would turn
 // 9999 into a time long past).
 func TestExpiresAtBounds(t *testing.T) {
+	t.Run("sqlite", func(t *testing.T) {
+		now := t0
+		m, _ := openManager(t, &now)
+		testExpiresAtBounds(t, m)
+	})
+	// PostgreSQL's timestamptz would keep year 9999; the bounds are the
+	// same for every store, and what is inside them is kept exactly.
+	t.Run("postgres", func(t *testing.T) {
+		now := t0
+		m := storeManager{store: openTestPostgres(t, testenv.Postgres(t)), now: func() time.Time { return now }}
+		if _, err := m.CreateAccount(context.Background(), AccountRequest{ID: "acme", Plan: "growth"}); err != nil {
+			t.Fatal(err)
+		}
+		testExpiresAtBounds(t, m)
+	})
+}
+
+func testExpiresAtBounds(t *testing.T, m storeManager) {
 	ctx := context.Background()
-	now := t0
-	m, s := openManager(t, &now)
+	s, now := m.store, m.now()
 	at := func(v time.Time) *time.Time { return &v }
 	for _, c := range []struct {
 		name    string
@@ -323,6 +342,7 @@ func TestScrubKeys(t *testing.T) {
 		"/postscale/keys/" + key:                  "/postscale/keys/" + Redact(key),
 		"account ops_test_team and xps_live_1234": "account ops_test_team and xps_live_1234",
 		"nothing here":                            "nothing here",
+		"key ps_live_…wxyz and ps_test_…":         "key ps_live_…wxyz and ps_test_…",
 	} {
 		if got := scrubKeys(in); got != want {
 			t.Errorf("scrubKeys(%q) = %q, want %q", in, got, want)

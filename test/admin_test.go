@@ -1,10 +1,14 @@
 package test
 
 import (
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	postscale "github.com/postscale/caddy-postscale"
 )
 
 // TestAdminAPI: the management calls of SPEC §6 that exist, as an operator
@@ -202,4 +206,291 @@ type rawJSON []byte
 func (r *rawJSON) UnmarshalJSON(b []byte) error {
 	*r = append((*r)[:0], b...)
 	return nil
+}
+
+// TestAdminNeverEchoesAKey: a key pasted where an id, account, name,
+// scope or plan belongs gets 400 naming its redacted form only, from every
+// call; no answer and no log line of ours holds it. Caddy's admin log
+// records the URI of every request before any handler runs, so a key put
+// in a URL is in its "received request" line, and only there, unless the
+// operator filters the uri field (keyLogFilter, as the README shows):
+// then it is nowhere.
+func TestAdminNeverEchoesAKey(t *testing.T) {
+	for _, filtered := range []bool{false, true} {
+		t.Run(map[bool]string{false: "Caddy's log as it is", true: "with the README's log filter"}[filtered], func(t *testing.T) {
+			backend, _, logFile := startGatewayLogged(t, "legacy_keys", filtered)
+			createAccount(t, "acme", "growth")
+			k := createKey(t, "acme", "production server", "live")
+			const legacy = "ps_live_legacy0123456789"
+			adminCall(t, http.MethodPost, "/postscale/keys/import", map[string]any{"keys": []map[string]any{
+				{"account": "acme", "name": "legacy", "key": legacy},
+			}}, http.StatusCreated, nil)
+			unknown := "ps_test_" + k.Key[len("ps_test_"):len(k.Key)-6] + "000000" // bad checksum
+			keys := []string{k.Key, legacy, unknown}
+
+			for _, key := range keys {
+				key := key
+				for _, c := range []struct {
+					method, path string
+					body         any
+					status       int
+				}{
+					{"GET", "/postscale/keys/" + key, nil, 400},
+					{"DELETE", "/postscale/keys/" + key, nil, 400},
+					{"PUT", "/postscale/keys/" + key, nil, 400},
+					{"POST", "/postscale/keys/" + key + "/roll", map[string]any{"expires_in": "1h"}, 400},
+					{"GET", "/postscale/keys/" + key + "/anything", nil, 400},
+					{"GET", "/postscale/accounts/" + key, nil, 400},
+					{"PATCH", "/postscale/accounts/" + key, map[string]any{"plan": "scale"}, 400},
+					{"GET", "/postscale/keys?account=" + key, nil, 400},
+					{"GET", "/postscale/accounts/acme?store=" + key, nil, 400},
+					{"GET", "/postscale/" + key, nil, 400},
+					{"POST", "/postscale/accounts", map[string]any{"id": key, "plan": "growth"}, 400},
+					{"POST", "/postscale/accounts", map[string]any{"id": "x", "plan": key}, 400},
+					{"POST", "/postscale/keys", map[string]any{"account": key, "name": "n"}, 400},
+					{"POST", "/postscale/keys", map[string]any{"account": "acme", "name": "the key is " + key}, 400},
+					{"POST", "/postscale/keys", map[string]any{"account": "acme", "name": "n", "scopes": []string{key}}, 400},
+					{"POST", "/postscale/keys", map[string]any{"account": "acme", "name": "n", "expires_at": key}, 400},
+					{"POST", "/postscale/keys/import", map[string]any{"keys": []map[string]any{{"account": key, "name": "n", "key": "ps_live_fine12345"}}}, 400},
+					{"POST", "/postscale/accounts", `{"id":"y","plan":"growth"}` + key, 400},
+					{"POST", "/postscale/accounts", `{"id":"` + key, 400},
+					{"POST", "/postscale/keys/import", `{"keys":[{"account":"acme","name":"n","key":"` + key + `","hash":"` + key + `"}]}`, 400},
+				} {
+					msg := adminError(t, c.method, c.path, c.body, c.status)
+					if what := showsKey(msg, keys...); what != "" {
+						t.Errorf("%s %s: error %q shows the key %s", c.method, postscale.Redact(key), msg, what)
+					}
+				}
+			}
+			// The key of a key-shaped path is named by its redacted form.
+			if msg := adminError(t, "DELETE", "/postscale/keys/"+k.Key, nil, 400); !strings.Contains(msg, postscale.Redact(k.Key)) || !strings.Contains(msg, "/postscale/keys/revoke") {
+				t.Errorf("DELETE /postscale/keys/<key>: %q, want the redacted form %s and the way to revoke by key", msg, postscale.Redact(k.Key))
+			}
+			// Revoking an unknown key by the key: 404, the key not repeated.
+			other, _ := postscale.NewKey(postscale.ModeLive)
+			keys = append(keys, other)
+			for _, key := range []string{other, "ps_live_neverimported99"} {
+				msg := adminError(t, "POST", "/postscale/keys/revoke", map[string]any{"key": key}, 404)
+				if what := showsKey(msg, key); what != "" {
+					t.Errorf("revoking an unknown key: %q shows it", msg)
+				}
+			}
+			// Nothing was revoked or changed.
+			expectAdmitted(t, backend, k.Key, "/v1/emails")
+			expectAdmitted(t, backend, legacy, "/v1/emails")
+
+			inURL, redacted := 0, 0
+			for _, line := range readLog(t, logFile) {
+				if strings.Contains(line, "ps_REDACTED") {
+					redacted++
+				}
+				if what := showsKey(line, keys...); what != "" {
+					if filtered || !strings.Contains(line, `"logger":"admin.api"`) || !strings.Contains(line, `"msg":"received request"`) {
+						t.Errorf("log line shows the key %s: %s", what, line)
+					}
+					inURL++
+				}
+			}
+			t.Logf("log lines with a key (Caddy's \"received request\" of a key in a URL): %d", inURL)
+			if !filtered && inURL == 0 || filtered && redacted == 0 {
+				t.Errorf("%d log lines hold a key put in a URL, %d its filtered form: did the log capture work?", inURL, redacted)
+			}
+		})
+	}
+}
+
+// TestRevokeByKeyThroughAdmin: POST /postscale/keys/revoke {"key"} revokes
+// a leaked key whose id nobody knows, issued or legacy (even with
+// legacy_keys off), answering its record like DELETE /postscale/keys/{id};
+// the instance rejects the key on the very next request.
+func TestRevokeByKeyThroughAdmin(t *testing.T) {
+	backend, _ := startGateway(t, "legacy_keys")
+	createAccount(t, "acme", "growth")
+	k := createKey(t, "acme", "leaked", "live")
+	other := createKey(t, "acme", "other", "live")
+	const legacy = "ps_test_legacy_leak42"
+	adminCall(t, http.MethodPost, "/postscale/keys/import", map[string]any{"keys": []map[string]any{
+		{"account": "acme", "name": "legacy", "key": legacy},
+	}}, http.StatusCreated, nil)
+	expectAdmitted(t, backend, k.Key, "/v1/emails") // cached now
+	expectAdmitted(t, backend, legacy, "/v1/emails")
+
+	for _, key := range []string{k.Key, legacy} {
+		var raw rawJSON
+		adminCall(t, http.MethodPost, "/postscale/keys/revoke", map[string]any{"key": key}, http.StatusOK, &raw)
+		var rec keyRecord
+		if err := json.Unmarshal(raw, &rec); err != nil || rec.RevokedAt == nil || rec.Account != "acme" || rec.Redacted != postscale.Redact(key) {
+			t.Errorf("revoke %s: answered %s, want its record with revoked_at", postscale.Redact(key), raw)
+		}
+		if what := showsKey(string(raw), key); what != "" || strings.Contains(string(raw), `"key"`) {
+			t.Errorf("revoke %s: the answer shows the key: %s", postscale.Redact(key), raw)
+		}
+		expectRejected(t, backend, revokedKey, "/v1/emails", bearer(key))
+	}
+	// Revoking again keeps the first time, like DELETE.
+	var again keyRecord
+	adminCall(t, http.MethodPost, "/postscale/keys/revoke", map[string]any{"key": k.Key}, http.StatusOK, &again)
+	if first := getKey(t, k.ID); again.RevokedAt == nil || !again.RevokedAt.Equal(*first.RevokedAt) {
+		t.Errorf("revoking twice: %v then %v", first.RevokedAt, again.RevokedAt)
+	}
+	expectAdmitted(t, backend, other.Key, "/v1/emails")
+
+	for _, c := range []struct {
+		method string
+		body   any
+		status int
+		want   string
+	}{
+		{"POST", map[string]any{}, 400, "key: "},
+		{"POST", map[string]any{"key": "sk_live_notours"}, 400, "key: "},
+		{"POST", map[string]any{"key": 12}, 400, "key: "},
+		{"POST", map[string]any{"key": k.Key, "id": k.ID}, 400, "body: "},
+		{"GET", nil, 405, "POST"},
+		{"DELETE", nil, 405, "POST"},
+	} {
+		msg := adminError(t, c.method, "/postscale/keys/revoke", c.body, c.status)
+		if !strings.HasPrefix(msg, c.want) && !strings.Contains(msg, c.want) {
+			t.Errorf("%s /postscale/keys/revoke %v: %q, want %q", c.method, c.body, msg, c.want)
+		}
+		if what := showsKey(msg, k.Key); what != "" {
+			t.Errorf("%q shows the key", msg)
+		}
+	}
+}
+
+// TestAdminBodies: a body is one JSON object, nothing after it; an import
+// of the documented maximum of 10,000 keys fits the body limit even with
+// rows of the largest realistic kind, one key more is refused naming the
+// limit, and a body over the byte limit gets 413.
+func TestAdminBodies(t *testing.T) {
+	backend, _ := startGateway(t, "legacy_keys")
+	account := strings.Repeat("a", 64) // the longest account id
+	createAccount(t, account, "growth")
+
+	for _, body := range []string{`{"id":"x","plan":"growth"}garbage`, `{"id":"x","plan":"growth"}{"id":"y"}`, `{"id":"x","plan":"growth"}]`} {
+		msg := adminError(t, "POST", "/postscale/accounts", body, 400)
+		if !strings.HasPrefix(msg, "body: has more after the JSON object") {
+			t.Errorf("%s: %q, want body: has more after the JSON object", body, msg)
+		}
+	}
+	adminError(t, "GET", "/postscale/accounts/x", nil, 404) // nothing was made
+	adminError(t, "POST", "/postscale/keys/"+createKey(t, account, "n", "live").ID+"/roll", `{"expires_in":"1h"} x`, 400)
+
+	// Rows as a migration script writes them with Python's json.dumps
+	// (non-ASCII as \u escapes), indented: a 200-character name, a
+	// 136-character legacy key, four scopes.
+	name := strings.Repeat(`\u6e2c`, 200)
+	row := func(i int) string {
+		return fmt.Sprintf("\n  {\n    \"account\": %q,\n    \"name\": \"%s\",\n    \"mode\": \"live\",\n    \"key\": \"ps_live_%08d%s\",\n    \"scopes\": [\"emails:send\", \"emails:read\", \"domains:read\", \"webhooks:write\"]\n  }",
+			account, name, i, strings.Repeat("x", 120))
+	}
+	importOf := func(n int) string {
+		var b strings.Builder
+		b.WriteString(`{"keys": [`)
+		for i := range n {
+			if i > 0 {
+				b.WriteString(",")
+			}
+			b.WriteString(row(i))
+		}
+		b.WriteString("\n]}\n")
+		return b.String()
+	}
+	const maxImport, maxImportBody = 10000, 10000*2048 + 1<<20 // as the README states
+	body := importOf(maxImport)
+	t.Logf("an import of %d keys: %d bytes (%d a row; the limit is %d)", maxImport, len(body), len(body)/maxImport, maxImportBody)
+	if len(body)/maxImport < 1500 || len(body) > maxImportBody {
+		t.Fatalf("the test's rows are %d bytes; want realistic maximal rows (over 1500 bytes) that fit %d", len(body)/maxImport, maxImportBody)
+	}
+	start := time.Now()
+	var res struct {
+		Imported []keyRecord `json:"imported"`
+	}
+	adminCall(t, http.MethodPost, "/postscale/keys/import", body, http.StatusCreated, &res)
+	t.Logf("imported %d keys through the admin API in %v", len(res.Imported), time.Since(start).Round(time.Millisecond))
+	if len(res.Imported) != maxImport {
+		t.Fatalf("imported %d keys, want %d", len(res.Imported), maxImport)
+	}
+	for _, i := range []int{0, maxImport - 1} {
+		expectAdmitted(t, backend, fmt.Sprintf("ps_live_%08d%s", i, strings.Repeat("x", 120)), "/v1/emails")
+	}
+
+	// One key more: refused, naming the limit.
+	small := make([]map[string]any, maxImport+1)
+	for i := range small {
+		small[i] = map[string]any{"account": account, "name": "n", "key": fmt.Sprintf("ps_live_more%06d", i)}
+	}
+	if msg := adminError(t, "POST", "/postscale/keys/import", map[string]any{"keys": small}, 400); !strings.Contains(msg, "keys: must list 1 to 10000 keys") {
+		t.Errorf("an import of %d keys: %q, want keys: must list 1 to 10000 keys", maxImport+1, msg)
+	}
+	// Over the byte limit: 413, naming it.
+	huge := `{"keys": [` + strings.Repeat(" ", maxImportBody) + `]}`
+	if msg := adminError(t, "POST", "/postscale/keys/import", huge, 413); !strings.Contains(msg, fmt.Sprint(maxImportBody)) {
+		t.Errorf("an import over the limit: %q, want it to name %d bytes", msg, maxImportBody)
+	}
+	if msg := adminError(t, "POST", "/postscale/accounts", `{"id":"x"`+strings.Repeat(" ", 1<<20)+`}`, 413); !strings.Contains(msg, "1048576") {
+		t.Errorf("an account over the limit: %q, want it to name 1048576 bytes", msg)
+	}
+	// None of the refused imports stored a key.
+	var after []keyRecord
+	adminCall(t, http.MethodGet, "/postscale/keys?account="+account, nil, http.StatusOK, &after)
+	if len(after) != maxImport+1 {
+		t.Errorf("%d keys after the refused imports, want %d", len(after), maxImport+1)
+	}
+}
+
+// TestAdminRefusesUndefinedPlans: an account is created or moved only
+// onto a plan that a postscale handler of the running config defines (or
+// enterprise, with its own rate); the error names the plans there are.
+// (Before, such an account got 503 for every request.)
+func TestAdminRefusesUndefinedPlans(t *testing.T) {
+	rec := newRecorder(t, "mail")
+	store := storePath(t)
+	loadCaddyfile(t, fmt.Sprintf(`:{$POSTSCALE_TEST_HTTP_PORT} {
+	handle /a/* {
+		postscale {
+			store sqlite %[1]s
+			plan pro 5
+		}
+		reverse_proxy %[2]s
+	}
+	handle {
+		postscale {
+			store sqlite %[1]s
+			plan max 50
+		}
+		reverse_proxy %[2]s
+	}
+}
+`, store, rec.addr()))
+	const known = "enterprise, growth, max, pro, scale, starter"
+	for _, c := range []struct {
+		method, path string
+		body         map[string]any
+	}{
+		{"POST", "/postscale/accounts", map[string]any{"id": "gold", "plan": "gold"}},
+		{"PATCH", "/postscale/accounts/acme", map[string]any{"plan": "gold"}},
+	} {
+		if c.method == "PATCH" {
+			createAccount(t, "acme", "pro")
+		}
+		msg := adminError(t, c.method, c.path, c.body, 400)
+		if !strings.HasPrefix(msg, "plan: ") || !strings.Contains(msg, `"gold"`) || !strings.Contains(msg, known) {
+			t.Errorf("%s %s on plan gold: %q, want plan: naming gold and %s", c.method, c.path, msg, known)
+		}
+	}
+	adminError(t, "GET", "/postscale/accounts/gold", nil, 404)
+	var acct map[string]any
+	adminCall(t, "GET", "/postscale/accounts/acme", nil, 200, &acct)
+	if acct["plan"] != "pro" {
+		t.Errorf("a refused update moved acme to %v", acct["plan"])
+	}
+	for _, plan := range []map[string]any{{"plan": "max"}, {"plan": "starter"}, {"plan": "enterprise", "rate": 7}, {"plan": "pro"}} {
+		adminCall(t, "PATCH", "/postscale/accounts/acme", plan, 200, nil)
+	}
+	createAccount(t, "maxed", "max")
+	k := createKey(t, "maxed", "n", "live")
+	if got := expectAdmitted(t, rec, k.Key, "/v1/emails"); got.Header.Get("Postscale-Plan") != "max" {
+		t.Errorf("plan %q, want max", got.Header.Get("Postscale-Plan"))
+	}
 }

@@ -2,9 +2,11 @@ package test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -396,6 +398,9 @@ func cliSession(t *testing.T, conn ...string) cliKeys {
 		{[]string{"key", "create", "--account", "acme", "--name", "n", "--scope", "emails send"}, []string{"scopes: "}},
 		{[]string{"key", "create", "--account", "acme", "--name", "n", "--expires-at", "2001-01-01T00:00:00Z"}, []string{"expires_at: "}},
 		{[]string{"key", "create", "--account", "acme", "--name", "n", "--expires-at", "tomorrow"}, []string{"--expires-at", "RFC 3339"}},
+		{[]string{"key", "create", "--account", "acme", "--name", "n", "--expires-at", "9999-12-31T23:59:59Z"}, []string{"expires_at: ", "2200-01-01T00:00:00Z"}},
+		{[]string{"key", "create", "--account", "acme", "--name", "n", "--expires-at", "2030-12-31T23:59:60Z"}, []string{"--expires-at: ", "leap second"}},
+		{[]string{"key", "roll", "key_nope", "--expires-in", "1000000h"}, []string{"expires_in: ", "365d"}},
 		{[]string{"key", "create", "--account", "nobody", "--name", "n"}, []string{"nobody", "not found"}},
 		{[]string{"key", "list"}, []string{"account: "}},
 		{[]string{"key", "list", "--account", "nobody"}, []string{"nobody", "not found"}},
@@ -492,5 +497,263 @@ func TestCLIStoreKeywordDSN(t *testing.T) {
 	}
 	if files, _ := os.ReadDir(dir); len(files) != 0 {
 		t.Errorf("--store with a keyword/value DSN created %d file(s) in the working directory, want none", len(files))
+	}
+}
+
+// TestCLIRefusesKeyArguments: `caddy postscale key revoke ps_live_…` (the
+// natural thing to type when a key has leaked), and any command given a
+// key where an id, account, name or plan belongs, fails before sending
+// anything: the admin endpoint receives no request, and neither the
+// error, stdout, stderr nor Caddy's log shows more than the redacted
+// form. The error says to use key revoke --key -.
+func TestCLIRefusesKeyArguments(t *testing.T) {
+	backend, store, logFile := startGatewayLogged(t, "legacy_keys", false)
+	createAccount(t, "acme", "growth")
+	k := createKey(t, "acme", "leaked", "live")
+	const legacy = "ps_live_abc123xyz"
+	received := func() int {
+		n := 0
+		for _, line := range readLog(t, logFile) {
+			if strings.Contains(line, `"msg":"received request"`) {
+				n++
+			}
+		}
+		return n
+	}
+	before := received()
+	for _, key := range []string{k.Key, legacy, "ps_test_"} {
+		for _, conn := range [][]string{{"--address", adminAddr}, {"--store", store}} {
+			for _, c := range []struct {
+				args []string
+				// advice: the error is the CLI's own, with the way to
+				// revoke by key (not a flag parser's, only scrubbed)
+				advice bool
+			}{
+				{[]string{"key", "revoke", key}, true},
+				{[]string{"key", "show", key}, true},
+				{[]string{"key", "roll", key, "--expires-in", "1h"}, true},
+				{[]string{"key", "revoke", "--key", key}, true},
+				{[]string{"account", "show", key}, true},
+				{[]string{"account", "update", key, "--plan", "scale"}, true},
+				{[]string{"account", "create", key}, true},
+				{[]string{"account", "create", "x", "--plan", key}, true},
+				{[]string{"key", "list", "--account", key}, true},
+				{[]string{"key", "create", "--account", "acme", "--name", "copy of " + key}, true},
+				{[]string{"key", "create", "--account", "acme", "--name", "n", "--scope", "emails:send," + key}, true},
+				{[]string{"key", "revoke", "--" + key}, false},
+				{[]string{"account", "create", "y", "--rate", key}, false},
+			} {
+				args := append(append([]string{}, conn...), c.args...)
+				stdout, stderr, err := runCLI(args...)
+				shown := strings.ReplaceAll(strings.Join(args, " "), key, postscale.Redact(key))
+				if err == nil {
+					t.Errorf("caddy postscale %s succeeded", shown)
+					continue
+				}
+				// (A flag parser's error comes with the usage on stdout here;
+				// caddy's own root command silences it.)
+				if c.advice && stdout != "" {
+					t.Errorf("caddy postscale %s printed %q on stdout", shown, stdout)
+				}
+				for what, out := range map[string]string{"error": err.Error(), "stdout": stdout, "stderr": stderr} {
+					if len(key) > len("ps_live_") && showsKey(out, key) != "" {
+						t.Errorf("caddy postscale %s: the %s shows the key: %s", shown, what, out)
+					}
+				}
+				if c.advice && (!strings.Contains(err.Error(), postscale.Redact(key)) || !strings.Contains(err.Error(), "key revoke --key -") || !strings.Contains(err.Error(), "nothing was sent")) {
+					t.Errorf("caddy postscale %s: error %q, want the redacted form %s, nothing was sent and key revoke --key -", shown, err, postscale.Redact(key))
+				}
+			}
+		}
+	}
+	if n := received() - before; n != 0 {
+		t.Errorf("the admin endpoint received %d requests from refused commands; want none", n)
+	}
+	for _, line := range readLog(t, logFile) {
+		if what := showsKey(line, k.Key, legacy); what != "" {
+			t.Errorf("Caddy's log shows the key %s: %s", what, line)
+		}
+	}
+	expectAdmitted(t, backend, k.Key, "/v1/emails") // nothing was revoked
+}
+
+// TestCLIRevokeByKey: `caddy postscale key revoke --key -` reads the key
+// from stdin and revokes it, through the running instance (which rejects
+// it on the very next request) and straight on the store; nothing it
+// prints, and nothing in Caddy's log, shows the key.
+func TestCLIRevokeByKey(t *testing.T) {
+	t.Run("through the running instance", func(t *testing.T) {
+		backend, _, logFile := startGatewayLogged(t, "legacy_keys", false)
+		createAccount(t, "acme", "growth")
+		k := createKey(t, "acme", "leaked", "live")
+		other := createKey(t, "acme", "other", "live")
+		const legacy = "ps_test_legacyleak77"
+		adminCall(t, http.MethodPost, "/postscale/keys/import", map[string]any{"keys": []map[string]any{{"account": "acme", "name": "old", "key": legacy}}}, http.StatusCreated, nil)
+		for _, key := range []string{k.Key, legacy} {
+			expectAdmitted(t, backend, key, "/v1/emails") // cached
+			stdout, stderr, err := runCLIIn(key+"\n", "--address", adminAddr, "key", "revoke", "--key", "-")
+			if err != nil {
+				t.Fatalf("key revoke --key -: %v\nstderr: %s", err, stderr)
+			}
+			var rec keyRecord
+			if err := json.Unmarshal([]byte(stdout), &rec); err != nil || rec.RevokedAt == nil || rec.Redacted != postscale.Redact(key) {
+				t.Errorf("key revoke --key - printed %q; want the revoked record", stdout)
+			}
+			if what := showsKey(stdout+stderr, key); what != "" {
+				t.Errorf("key revoke --key - shows the key: %s %s", stdout, stderr)
+			}
+			expectRejected(t, backend, revokedKey, "/v1/emails", bearer(key))
+		}
+		expectAdmitted(t, backend, other.Key, "/v1/emails")
+
+		unknown, _ := postscale.NewKey(postscale.ModeLive)
+		for _, c := range []struct {
+			stdin string
+			args  []string
+			want  string
+		}{
+			// the redacted form, as the instance wrote it (not redacted again)
+			{unknown + "\n", []string{"key", "revoke", "--key", "-"}, "key " + postscale.Redact(unknown) + ": no key in the store matches it"},
+			{"", []string{"key", "revoke", "--key", "-"}, "stdin holds no key"},
+			{"sk_live_123\n", []string{"key", "revoke", "--key", "-"}, "key: is not a ps_live_"},
+			{unknown, []string{"key", "revoke", "--key", "leaked.txt"}, "--key takes -"},
+			{unknown, []string{"key", "revoke", k.ID, "--key", "-"}, "not both"},
+			{"", []string{"key", "revoke"}, "--key -"},
+		} {
+			_, stderr, err := runCLIIn(c.stdin, append([]string{"--address", adminAddr}, c.args...)...)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("%v with stdin %q: error %v, want %q", c.args, postscale.Redact(c.stdin), err, c.want)
+			}
+			if err != nil && showsKey(err.Error()+stderr, unknown) != "" {
+				t.Errorf("%v: shows the key: %v %s", c.args, err, stderr)
+			}
+		}
+		for _, line := range readLog(t, logFile) {
+			if what := showsKey(line, k.Key, legacy, unknown); what != "" {
+				t.Errorf("Caddy's log shows the key %s: %s", what, line)
+			}
+		}
+	})
+	t.Run("straight on the store", func(t *testing.T) {
+		store := storePath(t)
+		cli(t, "--store", store, "account", "create", "acme", "--plan", "growth")
+		k := cliCreateKeyJSON(t, "--store", store, "--account", "acme", "--name", "leaked")
+		stdout, stderr, err := runCLIIn("  "+k.Key+"\r\n", "--store", store, "key", "revoke", "--key", "-")
+		if err != nil {
+			t.Fatalf("key revoke --key -: %v\nstderr: %s", err, stderr)
+		}
+		if !strings.Contains(stdout, `"id": "`+k.ID+`"`) || !strings.Contains(stdout, `"revoked_at"`) || showsKey(stdout+stderr, k.Key) != "" {
+			t.Errorf("key revoke --key - printed %q, %q; want the revoked record of %s and no key", stdout, stderr, k.ID)
+		}
+		backend := newRecorder(t, "mail")
+		loadCaddyfile(t, gatewaySite(store, backend.addr(), ""))
+		expectRejected(t, backend, revokedKey, "/v1/emails", bearer(k.Key))
+	})
+}
+
+// TestCLIPlanCheck: a plan no postscale handler defines is refused through
+// the running instance and, straight on a store, when --config names the
+// gateway's config; without one, a plan that is not built in is stored
+// with a warning on stderr that it could not be checked.
+func TestCLIPlanCheck(t *testing.T) {
+	const known = "enterprise, growth, pro, scale, starter"
+	t.Run("through the running instance", func(t *testing.T) {
+		startGateway(t, "plan pro 5")
+		msg := cliFails(t, "--address", adminAddr, "account", "create", "a", "--plan", "gold")
+		if !strings.Contains(msg, `plan: no postscale handler defines the plan`) || !strings.Contains(msg, "gold") || !strings.Contains(msg, known) {
+			t.Errorf("error %q, want the plan refused naming %s", msg, known)
+		}
+		_, stderr, err := runCLI("--address", adminAddr, "account", "create", "a", "--plan", "pro")
+		if err != nil || strings.Contains(stderr, "Warning") {
+			t.Errorf("plan pro: %v, stderr %q", err, stderr)
+		}
+		if msg := cliFails(t, "--address", adminAddr, "account", "update", "a", "--plan", "gold"); !strings.Contains(msg, known) {
+			t.Errorf("update to gold: %q, want the known plans", msg)
+		}
+	})
+	t.Run("straight on a store", func(t *testing.T) {
+		dir := t.TempDir()
+		store := filepath.Join(dir, "keys.db")
+		withPlans := filepath.Join(dir, "Caddyfile")
+		noPostscale := filepath.Join(dir, "other.caddyfile")
+		for path, content := range map[string]string{
+			withPlans:   gatewaySite(store, "localhost:1", "plan pro 5"),
+			noPostscale: ":9080 {\n\trespond ok\n}\n",
+		} {
+			if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, c := range []struct {
+			args    []string
+			fails   string // in the error
+			warning string // in stderr; "" for none
+		}{
+			{[]string{"account", "create", "a", "--plan", "gold"}, "", `Warning: the plan "gold" is not built in and could not be checked: no running instance answered, and no --config`},
+			{[]string{"account", "create", "b", "--plan", "growth"}, "", ""},
+			{[]string{"account", "update", "b", "--plan", "silver"}, "", `Warning: the plan "silver"`},
+			{[]string{"--config", withPlans, "account", "create", "c", "--plan", "pro"}, "", ""},
+			{[]string{"--config", withPlans, "account", "create", "d", "--plan", "gold"}, known, ""},
+			{[]string{"--config", withPlans, "account", "update", "b", "--plan", "gold"}, known, ""},
+			{[]string{"--config", noPostscale, "--adapter", "caddyfile", "account", "create", "e", "--plan", "gold"}, "", "has no postscale handler"},
+		} {
+			args := append([]string{"--store", store}, c.args...)
+			stdout, stderr, err := runCLI(args...)
+			switch {
+			case c.fails != "":
+				if err == nil || !strings.Contains(err.Error(), c.fails) || stdout != "" {
+					t.Errorf("%v: error %v, stdout %q; want an error naming %s", c.args, err, stdout, c.fails)
+				}
+			case err != nil:
+				t.Errorf("%v: %v\nstderr: %s", c.args, err, stderr)
+			case c.warning == "" && strings.Contains(stderr, "Warning"):
+				t.Errorf("%v: stderr %q, want no warning", c.args, stderr)
+			case c.warning != "" && !strings.Contains(stderr, c.warning):
+				t.Errorf("%v: stderr %q, want the warning %q", c.args, stderr, c.warning)
+			}
+		}
+	})
+}
+
+// TestCLIBinaryNeverPrintsAKey: the built caddy binary, as an operator
+// runs it: a key given as an argument or a flag value fails (exit status
+// 1) without anything on stdout and with only its redacted form on
+// stderr, and `key revoke --key -` revokes the key piped to it.
+func TestCLIBinaryNeverPrintsAKey(t *testing.T) {
+	bin := gatewayBinary(t)
+	store := storePath(t)
+	cli(t, "--store", store, "account", "create", "acme", "--plan", "growth")
+	k := cliCreateKeyJSON(t, "--store", store, "--account", "acme", "--name", "leaked")
+	run := func(stdin string, args ...string) (stdout, stderr string, code int) {
+		t.Helper()
+		cmd := exec.Command(bin, append([]string{"postscale", "--store", store}, args...)...)
+		cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
+		cmd.Stdin = strings.NewReader(stdin)
+		var out, errOut strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		err := cmd.Run()
+		var exit *exec.ExitError
+		if err != nil && !errors.As(err, &exit) {
+			t.Fatal(err)
+		}
+		return out.String(), errOut.String(), cmd.ProcessState.ExitCode()
+	}
+	for _, args := range [][]string{
+		{"key", "revoke", k.Key},
+		{"key", "show", k.Key},
+		{"key", "revoke", "--key", k.Key},
+		{"account", "create", "x", "--rate", k.Key},
+		{"key", "revoke", "--" + k.Key},
+	} {
+		stdout, stderr, code := run("", args...)
+		shown := strings.ReplaceAll(strings.Join(args, " "), k.Key, postscale.Redact(k.Key))
+		if code != 1 || stdout != "" || showsKey(stderr, k.Key) != "" || !strings.Contains(stderr, postscale.Redact(k.Key)) {
+			t.Errorf("caddy postscale %s: exit %d, stdout %q, stderr %q; want exit 1, nothing on stdout, the redacted form %s alone on stderr",
+				shown, code, stdout, strings.ReplaceAll(stderr, k.Key, "<the key>"), postscale.Redact(k.Key))
+		}
+	}
+	stdout, stderr, code := run(k.Key+"\n", "key", "revoke", "--key", "-")
+	if code != 0 || !strings.Contains(stdout, `"revoked_at"`) || showsKey(stdout+stderr, k.Key) != "" {
+		t.Errorf("key revoke --key -: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 }

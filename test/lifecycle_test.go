@@ -589,3 +589,63 @@ func TestPlanChangeRacingLookups(t *testing.T) {
 		}
 	}
 }
+
+// TestTimeEdges: expiry times at the edges through the admin API. A key
+// expiring in year 9999 was accepted and then answered expired at once
+// (SQLite's int64 nanoseconds wrap past 2262): it is refused, naming the
+// bound, while one just before 2200 works. Times in the past, leap
+// seconds and offsets RFC 3339 does not have are refused; a roll's
+// expires_in is 0s to 365d (a huge one expired the old key at once).
+func TestTimeEdges(t *testing.T) {
+	backend, _ := startGateway(t, "")
+	createAccount(t, "acme", "growth")
+	for _, c := range []struct {
+		name, expiresAt string
+		want            string // "" for created, else the start of the error
+	}{
+		{"year 9999", "9999-12-31T23:59:59Z", "expires_at: must be before 2200-01-01T00:00:00Z"},
+		{"year 2262", "2262-04-12T00:00:00Z", "expires_at: must be before 2200-01-01T00:00:00Z"},
+		{"in the past", "2001-01-01T00:00:00Z", "expires_at: must be in the future"},
+		{"leap second", "2030-12-31T23:59:60Z", "expires_at: has the second 60"},
+		{"offset of 24 hours", "2030-01-01T00:00:00+24:00", "expires_at: has a UTC offset of 24 hours"},
+		{"no offset", "2031-05-17T10:00:00", "expires_at: must be an RFC 3339 time"},
+		{"just before 2200", "2199-12-31T23:59:59Z", ""},
+		{"lower-case t and z, a far offset", "2099-06-30t23:59:59-23:59", ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			req := map[string]any{"account": "acme", "name": c.name, "expires_at": c.expiresAt}
+			if c.want != "" {
+				if msg := adminError(t, "POST", "/postscale/keys", req, 400); !strings.HasPrefix(msg, c.want) {
+					t.Errorf("expires_at %s: %q, want %q…", c.expiresAt, msg, c.want)
+				}
+				return
+			}
+			k := postKey(t, req)
+			if k.ExpiresAt == nil || !strings.HasPrefix(k.ExpiresAt.UTC().Format(time.RFC3339), c.expiresAt[:4]) {
+				t.Errorf("expires_at %s: stored %v", c.expiresAt, k.ExpiresAt)
+			}
+			expectAdmitted(t, backend, k.Key, "/v1/emails") // not expired at once
+			if got := getKey(t, k.ID); got.ExpiresAt == nil || !got.ExpiresAt.Equal(*k.ExpiresAt) {
+				t.Errorf("expires_at read back %v, want %v", got.ExpiresAt, k.ExpiresAt)
+			}
+		})
+	}
+
+	k := createKey(t, "acme", "to roll", "live")
+	for _, in := range []string{"1000000h", "366d", "2562047h", "-1s", "forever"} {
+		if msg := adminError(t, "POST", "/postscale/keys/"+k.ID+"/roll", map[string]any{"expires_in": in}, 400); !strings.HasPrefix(msg, "expires_in: ") {
+			t.Errorf("expires_in %s: %q, want expires_in: …", in, msg)
+		}
+	}
+	_, r := expectPassedMethod(t, backend, http.MethodGet, "/v1/emails", bearer(k.Key))
+	if r.header.Get("Sunset") != "" {
+		t.Errorf("a refused roll deprecated the key: Sunset %q", r.header.Get("Sunset"))
+	}
+	rolled := rollKey(t, k.ID, "365d")
+	_, r = expectPassedMethod(t, backend, http.MethodGet, "/v1/emails", bearer(k.Key))
+	sunset, err := http.ParseTime(r.header.Get("Sunset"))
+	if want := time.Now().Add(365 * 24 * time.Hour); err != nil || sunset.Before(want.Add(-time.Minute)) || sunset.After(want.Add(time.Minute)) {
+		t.Errorf("after a roll with expires_in 365d: Sunset %q, want about %v", r.header.Get("Sunset"), want.UTC())
+	}
+	expectAdmitted(t, backend, rolled.Key, "/v1/emails")
+}
