@@ -787,6 +787,9 @@ func (s *PostgresStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Errf("postgres store: want a DSN: postgres <dsn>")
 	}
 	s.DSN = d.Val()
+	if s.DSN == "" {
+		return d.Errf("postgres store: the DSN is empty; want postgres <dsn>")
+	}
 	if d.NextArg() {
 		return d.Errf("postgres store: the DSN is one argument, got another: %q (quote a keyword/value DSN)", d.Val())
 	}
