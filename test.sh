@@ -28,5 +28,17 @@ else
 	export CGO_ENABLED=1
 fi
 go test $race -count=1 -timeout 10m ./... "$@"
+# Each fuzzer briefly (go test -fuzz takes one fuzzer and one package at a
+# time): 7 fuzzers at FUZZTIME each (default 3s), about a minute in all. FUZZTIME=0
+# skips them; a longer FUZZTIME (e.g. 10m) fuzzes for real.
+fuzztime=${FUZZTIME-3s}
+if [[ $fuzztime != 0 ]]; then
+	for fuzzer in $(go test -list '^Fuzz' . | grep '^Fuzz'); do
+		if ! out=$(go test -run '^$' -fuzz "^${fuzzer}\$" -fuzztime "$fuzztime" . 2>&1); then
+			echo "$out" >&2
+			exit 1
+		fi
+	done
+fi
 # Benchmarks are not timed here, only run once, so they cannot rot unseen.
 go test -run '^$' -bench . -benchtime 1x . >/dev/null
