@@ -260,7 +260,7 @@ func TestNoKeyLeaks(t *testing.T) {
 		if args[0] != "--store" {
 			args = append([]string{"--address", adminAddr}, args...)
 		}
-		stdout, stderr, err := runCLIIn(c.stdin, args...)
+		stdout, stderr, err := runCLIWithStdin(c.stdin, args...)
 		what := "caddy postscale " + strings.Join(redactAll(c.args, secrets), " ") + pendingNote(c.pending)
 		keep(what+": stdout", stdout)
 		keep(what+": stderr", stderr)
@@ -271,9 +271,9 @@ func TestNoKeyLeaks(t *testing.T) {
 	// The one CLI answer that may hold a key: the one it creates.
 	out := cli(t, "--address", adminAddr, "key", "create", "--account", "acme", "--name", "cli")
 	secrets.add(strings.TrimSpace(out))
-	_, stderr, _ := runCLIIn("", "--address", adminAddr, "key", "list", "--account", "acme")
+	_, stderr, _ := runCLIWithStdin("", "--address", adminAddr, "key", "list", "--account", "acme")
 	keep("caddy postscale key list: stderr", stderr)
-	stdout, _, _ := runCLIIn("", "--address", adminAddr, "key", "list", "--account", "acme")
+	stdout, _, _ := runCLIWithStdin("", "--address", adminAddr, "key", "list", "--account", "acme")
 	keep("caddy postscale key list: stdout", stdout)
 
 	// ---- the metrics ----
@@ -436,8 +436,8 @@ func randomText(n int) string {
 	return string(b)
 }
 
-// runCLIIn is runCLI with stdin.
-func runCLIIn(stdin string, args ...string) (stdout, stderr string, err error) {
+// runCLIWithStdin is runCLI with stdin.
+func runCLIWithStdin(stdin string, args ...string) (stdout, stderr string, err error) {
 	c := &cobra.Command{Use: "postscale"}
 	caddycmd.Commands()["postscale"].CobraFunc(c)
 	var out, errOut bytes.Buffer

@@ -61,7 +61,7 @@ type logLine struct {
 }
 
 // readLog returns the lines of the log file from byte offset on.
-func readLog(t *testing.T, path string, offset int64) []logLine {
+func readJSONLog(t *testing.T, path string, offset int64) []logLine {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -210,10 +210,10 @@ func runStoreFaults(t *testing.T, g *faultGateway, faults []storeFault) {
 			// One line each way, whatever the number of requests.
 			if f.feed {
 				waitFor(10*time.Second, func() bool {
-					return countMsg(readLog(t, g.logPath, start), "change feed works again") > 0
+					return countMsg(readJSONLog(t, g.logPath, start), "change feed works again") > 0
 				})
 			}
-			lines := readLog(t, g.logPath, start)
+			lines := readJSONLog(t, g.logPath, start)
 			for _, msg := range []string{lookupsFailingLog, lookupsBackLog} {
 				if n := countMsg(lines, msg); n != 1 {
 					t.Errorf("log lines %q during the fault: %d, want 1", msg, n)
