@@ -60,7 +60,7 @@ type logLine struct {
 	raw    string
 }
 
-// readLog returns the lines of the log file from byte offset on.
+// readJSONLog returns the lines of the log file from byte offset on.
 func readJSONLog(t *testing.T, path string, offset int64) []logLine {
 	t.Helper()
 	b, err := os.ReadFile(path)
