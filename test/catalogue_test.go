@@ -490,8 +490,8 @@ func TestBadInputCatalogue(t *testing.T) {
 			before := backend.count()
 			r := c.send(t)
 			got := backend.since(before)
-			checkCatalogueAnswer(t, c.want, r, got, keyIDs)
 			t.Logf("answer: %d %s", r.status, firstLine(r.body))
+			checkCatalogueAnswer(t, c.want, r, got, keyIDs)
 			// The gateway still serves a cached key.
 			if h := get(t, "/v1/emails", bearer(health.Key)); h.status != http.StatusOK {
 				t.Fatalf("after this case, the cached key got %d %s, want 200", h.status, h.body)
