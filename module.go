@@ -244,6 +244,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		} else {
 			metrics.early[o].Inc()
 		}
+		closeUnreadBody(w, r)
 		writeRejection(w, o)
 		return nil
 	}
@@ -312,6 +313,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	return next.ServeHTTP(w, r)
 }
+
+// closeUnreadBody makes the rejection of an HTTP/1 request with a body end
+// the connection. The gateway never reads the body of a request it
+// rejects, but without this Go's server would read and drop up to 256 KB
+// of it (Caddy wraps the body, so Go cannot tell it is too big) before it
+// sends the answer: a client that declares a body and holds it back would
+// wait for its 401 while holding the connection.
+func closeUnreadBody(w http.ResponseWriter, r *http.Request) {
+	if r.ProtoMajor == 1 && r.ContentLength != 0 {
+		w.Header()["Connection"] = connectionClose
+	}
+}
+
+var connectionClose = []string{"close"}
 
 // The values one request sets, in one array (see ServeHTTP).
 const (

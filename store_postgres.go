@@ -795,6 +795,9 @@ func (s *PostgresStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Errf("postgres store: want a DSN: postgres <dsn>")
 	}
 	s.DSN = d.Val()
+	if s.DSN == "" {
+		return d.Errf("postgres store: the DSN is empty; want postgres <dsn>")
+	}
 	if d.NextArg() {
 		// The extra token is not shown: it may be the DSN's password.
 		return d.Errf("postgres store: the DSN is one argument, got %d more (quote a keyword/value DSN)", 1+len(d.RemainingArgs()))

@@ -28,5 +28,22 @@ else
 	export CGO_ENABLED=1
 fi
 go test $race -count=1 -timeout 10m ./... "$@"
+# Each fuzzer briefly: one instrumented test binary, run once per fuzzer
+# (-fuzz takes one at a time), FUZZTIME each (default 5s; about 45s in
+# all). FUZZTIME=0 skips them; a longer FUZZTIME (e.g. 10m) fuzzes for real.
+fuzztime=${FUZZTIME-5s}
+if [[ $fuzztime != 0 ]]; then
+	fuzzdir=$(mktemp -d)
+	trap 'rm -rf "$fuzzdir"' EXIT
+	go test -c -fuzz '^Fuzz' -o "$fuzzdir/fuzz.test" .
+	for fuzzer in $("$fuzzdir/fuzz.test" -test.list '^Fuzz'); do
+		if ! out=$("$fuzzdir/fuzz.test" -test.run '^$' -test.fuzz "^${fuzzer}\$" -test.fuzztime "$fuzztime" \
+			-test.fuzzcachedir "$(go env GOCACHE)/fuzz/github.com/postscale/caddy-postscale" 2>&1); then
+			echo "$out" >&2
+			echo "$fuzzer failed; its input is in testdata/fuzz/$fuzzer/ (replay: go test -run '$fuzzer' .)" >&2
+			exit 1
+		fi
+	done
+fi
 # Benchmarks are not timed here, only run once, so they cannot rot unseen.
 go test -run '^$' -bench . -benchtime 1x . >/dev/null
