@@ -1,6 +1,7 @@
 package postscale
 
 import (
+	"io"
 	"net/http"
 	"strings"
 )
@@ -235,4 +236,83 @@ func isPostscaleName(name string) bool {
 	}
 	c := name[len("Postscale")]
 	return c == '-' || c == '_' || c == '.'
+}
+
+// dropClientTrailers keeps the Postscale-* fields (in every spelling
+// dropClientHeaders removes) that a client sends as trailers, after the
+// body, from reaching the next handlers and the backend.
+//
+// net/http fills r.Trailer only once the body has been read to its end:
+// for HTTP/1.1 it first holds the names the Trailer header declared and
+// then gets every trailer the client sent, declared or not; for HTTP/2 it
+// gets the values of the declared names. Caddy's reverse_proxy declares
+// the names in r.Trailer to the backend up front and sends the values it
+// finds there when its read of the body ends. So the declared names are
+// removed now, and the body is wrapped so that the trailers are filtered
+// again the moment its end is read, before anyone downstream can see
+// them. Requests without trailers pay nothing. (HTTP/3 requests' trailers
+// never reach r.Trailer.)
+//
+// The Trailer header itself is left in r.Header only by HTTP/1.1 requests
+// that are not chunked, and so can carry no trailers; the Postscale names
+// are taken out of it all the same, for the handlers that read it.
+func dropClientTrailers(r *http.Request) {
+	if vals, ok := r.Header["Trailer"]; ok {
+		dropPostscaleNames(r.Header, vals)
+	}
+	if r.Trailer == nil {
+		// For HTTP/1.1, trailers that nobody declared go into a new map
+		// on net/http's own request, which no handler sees.
+		return
+	}
+	dropClientHeaders(r.Trailer)
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &trailerFilter{ReadCloser: r.Body, trailer: r.Trailer}
+	}
+}
+
+// dropPostscaleNames rewrites the Trailer header without the Postscale
+// names in its lists, and deletes it when none are left. It allocates
+// only when there is a name to take out.
+func dropPostscaleNames(h http.Header, vals []string) {
+	found := false
+	for _, v := range vals {
+		for name := range strings.SplitSeq(v, ",") {
+			if isPostscaleName(strings.Trim(name, " \t")) {
+				found = true
+			}
+		}
+	}
+	if !found {
+		return
+	}
+	var kept []string
+	for _, v := range vals {
+		for name := range strings.SplitSeq(v, ",") {
+			if name = strings.Trim(name, " \t"); name != "" && !isPostscaleName(name) {
+				kept = append(kept, name)
+			}
+		}
+	}
+	if len(kept) == 0 {
+		delete(h, "Trailer")
+		return
+	}
+	h["Trailer"] = []string{strings.Join(kept, ", ")}
+}
+
+// trailerFilter is a request body that removes the client's Postscale
+// trailers from the request's trailer map as soon as a read of the body
+// ends, which is when net/http fills that map in.
+type trailerFilter struct {
+	io.ReadCloser
+	trailer http.Header
+}
+
+func (b *trailerFilter) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		dropClientHeaders(b.trailer)
+	}
+	return n, err
 }

@@ -1,7 +1,11 @@
 package postscale
 
 import (
+	"bufio"
+	"io"
 	"net/http"
+	"slices"
+	"strings"
 	"testing"
 )
 
@@ -183,4 +187,77 @@ func FuzzBearerToken(f *testing.F) {
 		}
 		_ = credentialsInQuery(v)
 	})
+}
+
+// TestDropClientTrailers reads a chunked HTTP/1.1 request the way
+// net/http's server does, with Postscale trailers in every spelling,
+// declared and not: none is left in r.Trailer once the body is read, and
+// the other trailers are.
+func TestDropClientTrailers(t *testing.T) {
+	raw := "POST /v1/emails HTTP/1.1\r\n" +
+		"Host: gateway\r\n" +
+		"Transfer-Encoding: chunked\r\n" +
+		"Trailer: Postscale-Account-Id, X-Checksum\r\n" +
+		"Trailer: postscale_plan, Postscale.Mode\r\n" +
+		"\r\n" +
+		"5\r\nhello\r\n0\r\n" +
+		"Postscale-Account-Id: victim\r\n" +
+		"Postscale_Plan: enterprise\r\n" +
+		"Postscale.Mode: live\r\n" +
+		"POSTSCALE-KEY-ID: key_forged\r\n" + // not declared
+		"X-Checksum: abc\r\n" +
+		"\r\n"
+	r, err := http.ReadRequest(bufio.NewReader(strings.NewReader(raw)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropClientTrailers(r)
+	for name := range r.Trailer {
+		if isPostscaleName(name) {
+			t.Errorf("before the body is read: r.Trailer declares %s", name)
+		}
+	}
+	body, err := io.ReadAll(r.Body)
+	if err != nil || string(body) != "hello" {
+		t.Fatalf("body: %q, %v", body, err)
+	}
+	for name, v := range r.Trailer {
+		if isPostscaleName(name) {
+			t.Errorf("after the body: trailer %s: %q reached the next handler", name, v)
+		}
+	}
+	if got := r.Trailer.Get("X-Checksum"); got != "abc" {
+		t.Errorf("X-Checksum trailer: got %q, want abc (other trailers must pass)", got)
+	}
+}
+
+func TestDropClientTrailerDeclaration(t *testing.T) {
+	tests := []struct {
+		in   []string
+		want []string // nil: no Trailer header left
+	}{
+		{[]string{"X-Checksum"}, []string{"X-Checksum"}},
+		{[]string{"Postscale-Account-Id"}, nil},
+		{[]string{"Postscale-Account-Id, X-Checksum", "postscale_mode"}, []string{"X-Checksum"}},
+		{[]string{" POSTSCALE.PLAN ,\tX-A , X-B"}, []string{"X-A, X-B"}},
+		{[]string{"Postscaler"}, []string{"Postscaler"}},
+	}
+	for _, tt := range tests {
+		r := &http.Request{Header: http.Header{"Trailer": slices.Clone(tt.in)}}
+		dropClientTrailers(r)
+		if got := r.Header["Trailer"]; !slices.Equal(got, tt.want) {
+			t.Errorf("Trailer %q: got %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestIsPostscaleName(t *testing.T) {
+	for name, want := range map[string]bool{
+		"Postscale-Mode": true, "postscale-x": true, "POSTSCALE_MODE": true, "Postscale.Plan": true,
+		"Postscale-": false, "Postscale": false, "Postscaler": false, "X-Postscale-Mode": false, "": false,
+	} {
+		if got := isPostscaleName(name); got != want {
+			t.Errorf("isPostscaleName(%q) = %v, want %v", name, got, want)
+		}
+	}
 }

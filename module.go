@@ -227,6 +227,7 @@ func (h *Handler) Cleanup() error {
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	dropClientHeaders(r.Header)
+	dropClientTrailers(r)
 	if h.protect != nil {
 		protected, err := h.protect.AnyMatchWithError(r)
 		if err != nil {
