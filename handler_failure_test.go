@@ -63,7 +63,9 @@ func TestMatcherErrorAnswersItself(t *testing.T) {
 			if ct := w.Header().Get("Content-Type"); ct != "application/json" {
 				t.Errorf("Content-Type: got %q", ct)
 			}
-			var body struct{ Error struct{ Type, Code, Message string } }
+			var body struct {
+				Error struct{ Type, Code, Message string }
+			}
 			if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || body.Error.Type != "api_error" || body.Error.Code != "internal_error" || body.Error.Message == "" {
 				t.Errorf("body: %s; want api_error/internal_error with a message", w.Body.Bytes())
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"hash/maphash"
+	"maps"
 	"math"
 	"strconv"
 	"sync"
@@ -145,7 +146,11 @@ const bucketShards = 64
 type bucketShard struct {
 	mu sync.Mutex
 	m  map[bucketKey]*bucket
-	_  [40]byte // keep shards on separate cache lines
+	// peak is the most buckets m has held since it was made: a Go map
+	// never gives back the memory of the entries deleted from it, so
+	// sweep makes a new one when m has shrunk far below its peak.
+	peak int
+	_    [40]byte // keep shards on separate cache lines
 }
 
 // bucket is one token bucket and the last time take used it.
@@ -185,6 +190,7 @@ func (b *buckets) take(k bucketKey, l *limit, now time.Time) state {
 	if lim == nil {
 		lim = &bucket{Limiter: rate.NewLimiter(l.rate, l.burst)} // full
 		sh.m[k] = lim
+		sh.peak = max(sh.peak, len(sh.m))
 	} else if lim.Limit() != l.rate || lim.Burst() != l.burst {
 		switched := l.since
 		if switched.Before(lim.touched) {
@@ -246,6 +252,13 @@ func (b *buckets) sweep(now time.Time) int {
 				delete(sh.m, k)
 			}
 		}
+		if sh.peak >= shrinkFrom && len(sh.m) <= sh.peak/4 {
+			// A map keeps the memory of its peak: copy what is left into
+			// a map of its size, and let the old one go.
+			m := make(map[bucketKey]*bucket, len(sh.m))
+			maps.Copy(m, sh.m)
+			sh.m, sh.peak = m, len(m)
+		}
 		n += len(sh.m)
 		sh.mu.Unlock()
 	}
@@ -263,6 +276,11 @@ func (b *buckets) count() int {
 	}
 	return n
 }
+
+// shrinkFrom is the peak of buckets in a shard from which sweep gives a
+// map's memory back, once three quarters of its buckets are gone: below
+// it, the memory is too little to be worth a copy.
+const shrinkFrom = 512
 
 // sweepInterval is how often idle buckets are dropped.
 const sweepInterval = 10 * time.Second

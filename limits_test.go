@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -372,5 +373,40 @@ func BenchmarkTake(b *testing.B) {
 	for i := 0; b.Loop(); i++ {
 		now = now.Add(time.Microsecond)
 		buckets.take(keys[i%len(keys)], l, now)
+	}
+}
+
+// TestSweptBucketsGiveMemoryBack: a Go map keeps the memory of its peak
+// after its entries are deleted. After a million buckets are swept, the
+// heap must come back near where it was, not keep the map's peak.
+func TestSweptBucketsGiveMemoryBack(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fills a million buckets")
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapInuse
+	}
+	b := newBuckets()
+	l := mustLimit(t, "starter", DefaultPlans["starter"])
+	base := heap()
+	const n = 1_000_000
+	for i := range n {
+		b.take(bucketKey{account: fmt.Sprintf("acct_%07d", i), mode: ModeLive}, l, t0)
+	}
+	peak := heap()
+	if left := b.sweep(t0.Add(time.Hour)); left != 0 {
+		t.Fatalf("%d buckets left after sweeping full ones", left)
+	}
+	after := heap()
+	// A few accounts stay busy: the maps are rebuilt small, not emptied.
+	b.take(bucketKey{account: "busy", mode: ModeLive}, l, t0.Add(time.Hour))
+	const mb = 1 << 20
+	t.Logf("heap in use: %d MiB before, %d MiB with %d buckets, %d MiB after sweeping them (%.1f%% of the peak's growth kept)",
+		base/mb, peak/mb, n, after/mb, 100*float64(int64(after)-int64(base))/float64(peak-base))
+	if after > base+(peak-base)/10 {
+		t.Errorf("after the sweep the heap keeps %d MiB of the %d MiB the buckets took; want under a tenth", (after-base)/mb, (peak-base)/mb)
 	}
 }
