@@ -22,6 +22,7 @@ const (
 	outcomeRateLimited
 	outcomeUnknownPlan
 	outcomeForbidden // built per scope rule: see scopeRule
+	outcomeInternal  // the handler could not decide: see Handler.failed
 	numOutcomes
 )
 
@@ -92,6 +93,9 @@ func init() {
 	def(outcomeUnknownPlan, http.StatusServiceUnavailable, "", "",
 		"api_error", "plan_not_configured",
 		"Your account's plan is not configured on this gateway, so the request cannot be rate-limited and was not sent. This is a server-side problem; contact support.")
+	def(outcomeInternal, http.StatusInternalServerError, "", "",
+		"api_error", "internal_error",
+		"The gateway could not check this request because of a problem on its side, so it was not sent. Retry later; if it keeps happening, contact support.")
 }
 
 // writeRejection writes the error response of an outcome. With write, it

@@ -2,6 +2,7 @@ package postscale
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -120,6 +121,43 @@ func testLimiterContract(t *testing.T, open func(t *testing.T) Limiter) {
 		// have come back and r would be 199.
 		want(t, "first request under the new limit", take(lim, k, fast), true, 197, 1, 0)
 	})
+
+	// Two sites on one store define growth differently, and a client
+	// alternates between them as fast as it can for a second (at most
+	// 20,000 requests): together they admit no more than one bucket of the
+	// larger rate and the larger burst would.
+	for _, defs := range [][2]Plan{
+		{{Rate: 10, Burst: 10}, {Rate: 100, Burst: 100}},
+		{{Rate: 100, Burst: 10}, {Rate: 10, Burst: 100}}, // neither is the larger
+	} {
+		t.Run(fmt.Sprintf("two definitions of one plan: %v/s burst %d and %v/s burst %d", defs[0].Rate, defs[0].Burst, defs[1].Rate, defs[1].Burst), func(t *testing.T) {
+			lim := open(t)
+			now := time.Now()
+			ls := [2]*limit{newLimit("growth", defs[0], now), newLimit("growth", defs[1], now.Add(time.Microsecond))}
+			maxRate, maxBurst := max(defs[0].Rate, defs[1].Rate), max(defs[0].Burst, defs[1].Burst)
+			k := bucketKey{account: "acme", mode: ModeLive}
+			start := time.Now()
+			sent, admitted := 0, 0
+			for ; sent < 20_000 && time.Since(start) < time.Second; sent++ {
+				l := ls[sent%2]
+				if st := take(lim, k, l); st.admitted {
+					admitted++
+					if st.remaining > int64(l.burst-1) {
+						t.Fatalf("request %d: r=%d beyond its own definition's burst %d", sent, st.remaining, l.burst)
+					}
+				}
+			}
+			elapsed := time.Since(start).Seconds()
+			bound := int(maxRate*elapsed) + maxBurst + 1
+			t.Logf("%d requests in %.2fs, %d admitted; one bucket of %v/s and burst %d allows %d", sent, elapsed, admitted, maxRate, maxBurst, bound)
+			if sent < 4*bound {
+				t.Skipf("only %d requests in a second: too few to tell", sent)
+			}
+			if admitted > bound {
+				t.Errorf("admitted %d, more than the larger definitions allow (%d)", admitted, bound)
+			}
+		})
+	}
 }
 
 func TestLocalLimiterContract(t *testing.T) {

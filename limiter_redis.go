@@ -70,8 +70,8 @@ import (
 //
 // Keys are Prefix + "bucket:" + mode + ":" + account id, e.g.
 // postscale:bucket:live:acct_123, a hash of the tokens left, the Redis time
-// (µs) they were counted at, and the rate and burst they were counted
-// under. Account ids are unique only within a key store: gateways on
+// (µs) they were counted at, and the rate, burst and plan name they were
+// counted under (see takeScript). Account ids are unique only within a key store: gateways on
 // different stores that share a Redis need different prefixes.
 type RedisLimiter struct {
 	// URL names the Redis server: redis://[user:password@]host:port/db,
@@ -229,7 +229,7 @@ func (l *RedisLimiter) Take(ctx context.Context, b bucketKey, lim *limit, now ti
 	}
 	rctx, cancel := context.WithTimeout(ctx, l.timeout)
 	res, err := takeScript.Run(rctx, s.client, []string{l.keyPrefix[b.mode] + b.account},
-		float64(lim.rate), lim.burst, since).Slice()
+		float64(lim.rate), lim.burst, since, lim.name).Slice()
 	cancel()
 	if err == nil {
 		var admitted bool
@@ -534,39 +534,43 @@ func (s *redisShared) Destruct() error {
 }
 
 // takeScript decides one request of a bucket in Redis, on Redis's clock.
-// It mirrors buckets.take (golang.org/x/time/rate) so both limiters give the
-// same answers: refill since the last admitted request, admit if a token
-// is there, and on a change of rate or burst carry the used amount over
-// into a bucket of the new size from the time the new limit came into
-// force. It writes only when it admits, so a refused request changes
-// nothing, and the key expires when the bucket would be full again.
+// It mirrors buckets.take and bucket.tokensAt (which see) so both limiters
+// give the same answers: refill since the last admitted request; under
+// another definition of the limit, carry the used amount over into a
+// bucket of the new size from the time the new limit came into force,
+// cutting it down to the new burst only when the plan's name changed; and
+// admit if a token is there. It writes only when it admits, so a refused
+// request changes nothing, and the key expires when the bucket would be
+// full again.
 //
 // KEYS[1] the bucket; ARGV rate (per second), burst, since (unix µs of the
-// limit's start, 0 for none). Fields: t tokens, ts unix µs (Redis time) of
-// the last admitted request, r and b the rate and burst t was counted
-// under. Returns {1 admitted or 0, tokens left}; tokens as a string, since
-// Redis truncates Lua numbers to integers.
+// limit's start, 0 for none), plan name. Fields: t tokens, ts unix µs
+// (Redis time) of the last admitted request, r and b the rate and burst t
+// was counted under, n the plan name. Returns {1 admitted or 0, tokens left}; tokens
+// as a string, since Redis truncates Lua numbers to integers.
 var takeScript = redis.NewScript(`
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local since = tonumber(ARGV[3])
+local name = ARGV[4]
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 
 local tokens = burst -- a new bucket is full
-local v = redis.call('HMGET', KEYS[1], 't', 'ts', 'r', 'b')
+local v = redis.call('HMGET', KEYS[1], 't', 'ts', 'r', 'b', 'n')
 local left, ts, orate, oburst = tonumber(v[1]), tonumber(v[2]), tonumber(v[3]), tonumber(v[4])
 if left and ts and orate and oburst then
   if now < ts then now = ts end -- a failover to a server whose clock is behind
   if orate == rate and oburst == burst then
     tokens = math.min(burst, left + (now - ts) / 1e6 * rate)
   else
-    -- A plan change: what was used by the switch carries over.
+    -- Another definition: what was used by the switch carries over.
     local switched = math.min(math.max(since, ts), now)
-    local had = math.min(oburst, left + (switched - ts) / 1e6 * orate)
-    local used = math.ceil(oburst - had - 1e-9)
-    if used > 0 then tokens = burst - math.min(used, burst) end
-    tokens = math.min(burst, tokens + (now - switched) / 1e6 * rate)
+    local used = oburst - math.min(oburst, left + (switched - ts) / 1e6 * orate)
+    -- Cut to the new burst only for another plan (a key written before
+    -- names were kept has none: not cut).
+    if v[5] and v[5] ~= name then used = math.min(used, burst) end
+    tokens = math.min(burst, burst - used + (now - switched) / 1e6 * rate)
   end
 end
 
@@ -576,7 +580,8 @@ if (1 - tokens) / rate * 1e9 < 1 then
   admitted = 1
   tokens = tokens - 1
   redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens),
-    'ts', string.format('%.17g', now), 'r', ARGV[1], 'b', ARGV[2])
+    'ts', string.format('%.17g', now), 'r', ARGV[1], 'b', ARGV[2],
+    'n', name)
   redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil((burst - tokens) / rate * 1000)))
 end
 return {admitted, string.format('%.17g', tokens)}

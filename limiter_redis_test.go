@@ -108,8 +108,8 @@ func TestRedisLimiterKeys(t *testing.T) {
 	l.Take(ctx, k, plan, time.Now())
 	l.Take(ctx, k, plan, time.Now())
 	before, err := rc.HGetAll(ctx, key).Result()
-	if err != nil || len(before) != 4 {
-		t.Fatalf("bucket fields: %v (%v); want t, ts, r and b", before, err)
+	if err != nil || len(before) != 5 {
+		t.Fatalf("bucket fields: %v (%v); want t, ts, r, b and n", before, err)
 	}
 	ttlBefore := pttl()
 	for range 10 {

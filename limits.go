@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"hash/maphash"
+	"maps"
 	"math"
 	"strconv"
 	"sync"
@@ -78,6 +79,8 @@ type limit struct {
 	// account update reaching the cache): a bucket that was under another
 	// limit switches to this one from then, not from its next request.
 	since time.Time
+	// sinceNano is since in unix ns, 0 for the zero time.
+	sinceNano int64
 	// admitted counts admitted requests of this plan, by mode, resolved
 	// once so the request path does no label lookup.
 	admitted [3]prometheus.Counter
@@ -86,6 +89,9 @@ type limit struct {
 func newLimit(name string, p Plan, since time.Time) *limit {
 	initMetrics()
 	l := &limit{name: name, rate: rate.Limit(p.Rate), burst: p.Burst, since: since}
+	if !since.IsZero() {
+		l.sinceNano = since.UnixNano()
+	}
 	for _, m := range []Mode{ModeLive, ModeTest} {
 		l.admitted[m] = metrics.requests.WithLabelValues(outcomeLabels[outcomeAdmitted], m.String(), name)
 	}
@@ -145,13 +151,26 @@ const bucketShards = 64
 type bucketShard struct {
 	mu sync.Mutex
 	m  map[bucketKey]*bucket
-	_  [40]byte // keep shards on separate cache lines
+	// peak is the most buckets m has held since it was made: a Go map
+	// never gives back the memory of the entries deleted from it, so
+	// sweep makes a new one when m has shrunk far below its peak.
+	peak int
+	_    [40]byte // keep shards on separate cache lines
 }
 
-// bucket is one token bucket and the last time take used it.
+// bucket is one token bucket: the x/time/rate arithmetic (tokens refill at
+// rate up to burst; a request takes one if the wait for it is under 1ns),
+// kept here rather than in a rate.Limiter so that a request can be judged
+// by its own limit without rebuilding the bucket, and the bucket is
+// written only when a request is admitted.
 type bucket struct {
-	*rate.Limiter
-	touched time.Time
+	tokens float64 // left at last; below 0 after a change to a smaller plan
+	last   int64   // unix ns of the last admitted request, when tokens was counted
+	// rate and burst are the definition tokens was counted under; plan
+	// names it.
+	rate  rate.Limit
+	burst int
+	plan  string
 }
 
 func newBuckets() *buckets {
@@ -168,47 +187,88 @@ func (b *buckets) shard(k bucketKey) *bucketShard {
 }
 
 // take admits one request of bucket k under limit l at time now, or
-// rejects it without consuming anything. A change of limit (a plan change)
-// applies to the bucket from the time the new limit came into force, with
-// the requests used by then carried over: no reset to a full bucket, and
-// no wait at the old rate after an upgrade.
+// rejects it without changing anything.
+//
+// A bucket may meet requests under different definitions of its limit: a
+// plan change, or two sites on one store that define the same plan
+// differently. Every request is judged by its own limit, from what the
+// bucket has used (see tokensAt), and only an admitted request writes the
+// bucket, so a refused request never resets or widens it. Refill is
+// counted from the last admitted request, at a rate no faster than the
+// fastest definition, and what has been used is never forgotten unless
+// the plan's name changed: so a client alternating between definitions is
+// admitted no more than one bucket of the largest rate and the largest
+// burst would admit.
 func (b *buckets) take(k bucketKey, l *limit, now time.Time) state {
+	t := now.UnixNano()
 	sh := b.shard(k)
 	sh.mu.Lock()
-	lim := sh.m[k]
-	if lim != nil && now.Before(lim.touched) {
-		// A request that read the clock before a later one got here (its
-		// store lookup took a while): a limiter given an earlier time
-		// moves its clock back and would credit the same refill twice.
-		now = lim.touched
+	bk := sh.m[k]
+	tokens := float64(l.burst) // a new bucket is full
+	if bk != nil {
+		if t < bk.last {
+			// A request that read the clock before a later one got here
+			// (its store lookup took a while): judged at the later time,
+			// or the same refill would be credited twice.
+			t = bk.last
+		}
+		tokens = bk.tokensAt(l, t)
 	}
-	if lim == nil {
-		lim = &bucket{Limiter: rate.NewLimiter(l.rate, l.burst)} // full
-		sh.m[k] = lim
-	} else if lim.Limit() != l.rate || lim.Burst() != l.burst {
-		switched := l.since
-		if switched.Before(lim.touched) {
-			switched = lim.touched
+	admitted := oneToken(tokens, l.rate)
+	if admitted {
+		tokens--
+		if bk == nil {
+			bk = new(bucket)
+			sh.m[k] = bk
+			sh.peak = max(sh.peak, len(sh.m))
 		}
-		if switched.After(now) {
-			switched = now
-		}
-		// What the account had used by then carries over into a bucket of
-		// the new size: an upgrade's extra room is there at once, and a
-		// downgrade starts no fuller than the usage allows.
-		used := float64(lim.Burst()) - lim.TokensAt(switched)
-		lim.Limiter = rate.NewLimiter(l.rate, l.burst)
-		if n := int(math.Ceil(used - 1e-9)); n > 0 {
-			lim.AllowN(switched, min(n, l.burst))
-		} else {
-			lim.AllowN(switched, 0) // start the clock at the switch
-		}
+		bk.tokens, bk.last, bk.rate, bk.burst, bk.plan = tokens, t, l.rate, l.burst, l.name
 	}
-	lim.touched = now
-	admitted := lim.AllowN(now, 1)
-	tokens := lim.TokensAt(now)
 	sh.mu.Unlock()
 	return decided(admitted, tokens, l)
+}
+
+// tokensAt returns what the bucket holds at t (not before last) for a
+// request under l. Under the definition the bucket was counted in, that
+// is its refill. Under another one, what the bucket had used by the time l
+// came into force (refilled at the old rate until then) is carried over
+// into a bucket of l's size, which refills at l's rate from then on: an
+// upgrade's extra room is there at once, and a downgrade starts no fuller
+// than the usage allows.
+//
+// When the usage is more than l's whole burst, it is cut down to that
+// burst only if the account changed plans (l has another name than the
+// limit that last admitted a request here, which only the account's
+// record can change): a downgraded account then waits for one burst of
+// the new plan at most, not for the old plan's usage to drain. A new
+// definition of the same plan (a reload, an enterprise account's new
+// rate) is not cut, because it cannot be told from two sites that define
+// the plan differently: there a request of the smaller definition would
+// forget, each time, what the larger one had let through. Its usage
+// drains at the new rate instead.
+func (bk *bucket) tokensAt(l *limit, t int64) float64 {
+	if bk.rate == l.rate && bk.burst == l.burst {
+		return refill(bk.tokens, t-bk.last, bk.rate, bk.burst)
+	}
+	switched := min(max(l.sinceNano, bk.last), t)
+	used := float64(bk.burst) - refill(bk.tokens, switched-bk.last, bk.rate, bk.burst)
+	if l.name != bk.plan {
+		used = min(used, float64(l.burst))
+	}
+	return refill(float64(l.burst)-used, t-switched, l.rate, l.burst)
+}
+
+// refill returns tokens after elapsed ns at r, at most burst.
+func refill(tokens float64, elapsed int64, r rate.Limit, burst int) float64 {
+	return min(float64(burst), tokens+time.Duration(elapsed).Seconds()*float64(r))
+}
+
+// oneToken reports whether a bucket holding tokens, refilling at r, can
+// admit a request now: as x/time/rate, when the wait for the token is
+// under 1ns.
+func oneToken(tokens float64, r rate.Limit) bool {
+	need := 1 - tokens
+	return need <= 0 || time.Duration(need/float64(r)*float64(time.Second)) <= 0
 }
 
 // decided is the state of a bucket of limit l that holds tokens after
@@ -237,20 +297,33 @@ func secondsCeil(s float64) int64 {
 // sweep drops every bucket that is full at now, and returns how many
 // buckets remain.
 func (b *buckets) sweep(now time.Time) int {
+	t := now.UnixNano()
 	n := 0
 	for i := range b.shards {
 		sh := &b.shards[i]
 		sh.mu.Lock()
-		for k, lim := range sh.m {
-			if lim.TokensAt(now) >= float64(lim.Burst()) {
+		for k, bk := range sh.m {
+			if refill(bk.tokens, t-bk.last, bk.rate, bk.burst) >= float64(bk.burst) {
 				delete(sh.m, k)
 			}
+		}
+		if sh.peak >= shrinkFrom && len(sh.m) <= sh.peak/4 {
+			// A map keeps the memory of its peak: copy what is left into
+			// a map of its size, and let the old one go.
+			m := make(map[bucketKey]*bucket, len(sh.m))
+			maps.Copy(m, sh.m)
+			sh.m, sh.peak = m, len(m)
 		}
 		n += len(sh.m)
 		sh.mu.Unlock()
 	}
 	return n
 }
+
+// shrinkFrom is the peak of buckets in a shard from which sweep gives a
+// map's memory back, once three quarters of its buckets are gone: below
+// it, the memory is too little to be worth a copy.
+const shrinkFrom = 512
 
 // count returns how many buckets exist.
 func (b *buckets) count() int {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -372,5 +373,156 @@ func BenchmarkTake(b *testing.B) {
 	for i := 0; b.Loop(); i++ {
 		now = now.Add(time.Microsecond)
 		buckets.take(keys[i%len(keys)], l, now)
+	}
+}
+
+// TestAlternatingDefinitionsStayBounded: two sites on one store define the
+// plan growth differently (100/s and 1000/s), and a client alternates
+// between them, 10,000 requests a second for 3 simulated seconds. Each
+// request is judged by its own site's definition, and all of them together
+// get no more than one bucket of the larger definition would admit: every
+// request admitted is admitted again by such a bucket, fed the same
+// admitted requests. (The old code rebuilt the bucket at every switch,
+// refused requests included, and admitted 15,050: every request of the
+// 1000/s site.)
+func TestAlternatingDefinitionsStayBounded(t *testing.T) {
+	for _, smallLater := range []bool{false, true} {
+		t.Run(fmt.Sprintf("smaller definition loaded later: %v", smallLater), func(t *testing.T) {
+			smallSince, bigSince := t0, t0.Add(time.Microsecond)
+			if smallLater {
+				smallSince, bigSince = bigSince, smallSince
+			}
+			small := newLimit("growth", Plan{Rate: 100, Burst: 100}, smallSince)
+			big := newLimit("growth", Plan{Rate: 1000, Burst: 1000}, bigSince)
+			b, ref := newBuckets(), newBuckets()
+			k := bucketKey{account: "acme", mode: ModeLive}
+			const perSecond, seconds = 10_000, 3
+			admitted := map[*limit]int{}
+			beyond := 0
+			for i := range perSecond * seconds {
+				now := t0.Add(time.Duration(i) * time.Second / perSecond)
+				l := small
+				if i%2 == 1 {
+					l = big
+				}
+				st := b.take(k, l, now)
+				if !st.admitted {
+					continue
+				}
+				admitted[l]++
+				if st.remaining > int64(l.burst-1) {
+					t.Fatalf("request %d: r=%d beyond its own definition's burst %d", i, st.remaining, l.burst)
+				}
+				if !ref.take(k, big, now).admitted {
+					beyond++
+				}
+			}
+			total := admitted[small] + admitted[big]
+			t.Logf("admitted %d in %d s (%d under 100/s, %d under 1000/s); one 1000/s bucket allows %d",
+				total, seconds, admitted[small], admitted[big], 1000*seconds+1000)
+			if beyond > 0 {
+				t.Errorf("%d requests admitted that one bucket of the larger definition would refuse", beyond)
+			}
+			if total > 1000*seconds+1000 {
+				t.Errorf("admitted %d, more than the larger definition's %d", total, 1000*seconds+1000)
+			}
+			if total < 1000*seconds {
+				t.Errorf("admitted %d: the 1000/s site's requests were not judged by its own definition", total)
+			}
+		})
+	}
+}
+
+// TestSweptBucketsGiveMemoryBack: a Go map keeps the memory of its peak
+// after its entries are deleted. After a million buckets are swept, the
+// heap must come back near where it was, not keep the map's peak.
+func TestSweptBucketsGiveMemoryBack(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fills a million buckets")
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapInuse
+	}
+	b := newBuckets()
+	l := mustLimit(t, "starter", DefaultPlans["starter"])
+	base := heap()
+	const n = 1_000_000
+	for i := range n {
+		b.take(bucketKey{account: fmt.Sprintf("acct_%07d", i), mode: ModeLive}, l, t0)
+	}
+	peak := heap()
+	if left := b.sweep(t0.Add(time.Hour)); left != 0 {
+		t.Fatalf("%d buckets left after sweeping full ones", left)
+	}
+	after := heap()
+	// A few accounts stay busy: the maps are rebuilt small, not emptied.
+	b.take(bucketKey{account: "busy", mode: ModeLive}, l, t0.Add(time.Hour))
+	const mb = 1 << 20
+	t.Logf("heap in use: %d MiB before, %d MiB with %d buckets, %d MiB after sweeping them (%.1f%% of the peak's growth kept)",
+		base/mb, peak/mb, n, after/mb, 100*float64(int64(after)-int64(base))/float64(peak-base))
+	if after > base+(peak-base)/10 {
+		t.Errorf("after the sweep the heap keeps %d MiB of the %d MiB the buckets took; want under a tenth", (after-base)/mb, (peak-base)/mb)
+	}
+}
+
+// TestRefusedRequestChangesNothing: a request refused under another
+// definition of the bucket's limit leaves the bucket exactly as it was.
+func TestRefusedRequestChangesNothing(t *testing.T) {
+	b := newBuckets()
+	k := bucketKey{account: "acme", mode: ModeLive}
+	big := newLimit("growth", Plan{Rate: 1000, Burst: 1000}, t0)
+	small := newLimit("growth", Plan{Rate: 100, Burst: 100}, t0.Add(time.Second))
+	for range 1000 {
+		b.take(k, big, t0)
+	}
+	before := *b.shard(k).m[k]
+	for i := range 50 {
+		if st := b.take(k, small, t0.Add(time.Duration(i)*time.Millisecond)); st.admitted {
+			t.Fatalf("request %d under the smaller definition admitted with 1000 used", i)
+		}
+	}
+	if after := *b.shard(k).m[k]; after != before {
+		t.Fatalf("refused requests changed the bucket: %+v, then %+v", before, after)
+	}
+}
+
+// TestDowngradeCutsUsageOnlyForAnotherPlan: an account moved to a smaller
+// plan waits for one burst of the new plan at most, but a new, smaller
+// definition of the same plan (a reload) lets the usage drain at the new
+// rate: it cannot be told from two sites defining the plan differently.
+func TestDowngradeCutsUsageOnlyForAnotherPlan(t *testing.T) {
+	k := bucketKey{account: "acme", mode: ModeLive}
+	growth := newLimit("growth", Plan{Rate: 100, Burst: 100}, t0)
+	starter := newLimit("starter", Plan{Rate: 10, Burst: 10}, t0)
+	redefined := newLimit("growth", Plan{Rate: 10, Burst: 10}, t0.Add(time.Millisecond))
+	used := func() *buckets {
+		b := newBuckets()
+		for range 100 {
+			b.take(k, growth, t0)
+		}
+		return b
+	}
+
+	b := used()
+	if st := b.take(k, starter, t0.Add(50*time.Millisecond)); st.admitted || st.retryAfter != 1 {
+		t.Fatalf("at once on starter: %+v; want refused, Retry-After 1", st)
+	}
+	if st := b.take(k, starter, t0.Add(150*time.Millisecond)); !st.admitted {
+		t.Fatalf("150ms later on starter: %+v; want admitted (the usage was cut to starter's burst)", st)
+	}
+
+	b = used()
+	st := b.take(k, redefined, t0.Add(50*time.Millisecond))
+	if st.admitted || st.retryAfter != 10 {
+		t.Fatalf("at once under growth redefined as 10/s: %+v; want refused, Retry-After 10 (100 used, drained at 10/s)", st)
+	}
+	if st := b.take(k, redefined, t0.Add(9*time.Second)); st.admitted {
+		t.Fatalf("9s later: %+v; want refused (91 used to drain to 9)", st)
+	}
+	if st := b.take(k, redefined, t0.Add(9200*time.Millisecond)); !st.admitted {
+		t.Fatalf("9.2s later: %+v; want admitted", st)
 	}
 }

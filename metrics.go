@@ -38,6 +38,7 @@ var outcomeLabels = [numOutcomes]string{
 	outcomeRateLimited:      "rate_limited",
 	outcomeUnknownPlan:      "unavailable",
 	outcomeForbidden:        "forbidden",
+	outcomeInternal:         "error",
 }
 
 func initMetrics() {

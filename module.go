@@ -227,10 +227,12 @@ func (h *Handler) Cleanup() error {
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	dropClientHeaders(r.Header)
+	dropClientTrailers(r)
 	if h.protect != nil {
 		protected, err := h.protect.AnyMatchWithError(r)
 		if err != nil {
-			return caddyhttp.Error(http.StatusInternalServerError, err)
+			metrics.early[outcomeInternal].Inc()
+			return h.failed(w)
 		}
 		if !protected {
 			return next.ServeHTTP(w, r)
@@ -261,7 +263,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if len(e.scopes) > 0 && len(h.RequireScopes) > 0 {
 		rule, err := missingScope(h.RequireScopes, e.scopes, r)
 		if err != nil {
-			return caddyhttp.Error(http.StatusInternalServerError, err)
+			countOutcome(outcomeInternal, e.mode, e.plan)
+			return h.failed(w)
 		}
 		if rule != nil {
 			countOutcome(outcomeForbidden, e.mode, e.plan)
@@ -327,6 +330,20 @@ func closeUnreadBody(w http.ResponseWriter, r *http.Request) {
 }
 
 var connectionClose = []string{"close"}
+
+// failed ends a request that the handler could not decide (a request
+// matcher failed) with the gateway's own 500, and returns nil. Returning
+// the error instead would run the site's handle_errors routes, which may
+// send the unverified request, Authorization and all, to the backend. The
+// error itself is not logged here: it may quote the request's headers,
+// key included, and the matchers that fail log their own errors.
+func (h *Handler) failed(w http.ResponseWriter) error {
+	if c := h.logger.Check(zapcore.DebugLevel, "a request matcher failed; answering 500"); c != nil {
+		c.Write()
+	}
+	writeRejection(w, outcomeInternal)
+	return nil
+}
 
 // The values one request sets, in one array (see ServeHTTP).
 const (
