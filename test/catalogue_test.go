@@ -34,7 +34,7 @@ import (
 func catalogueSite(store, upstream string) string {
 	return globalOptions(`	servers {
 		protocols h1 h2c
-	}`) + fmt.Sprintf(`:9080 {
+	}`) + fmt.Sprintf(`:{$POSTSCALE_TEST_HTTP_PORT} {
 	@protected not path /open*
 	postscale @protected {
 		store sqlite %s
@@ -131,7 +131,7 @@ func (b *catBackend) since(n int) []catRecord {
 // still gives its answer.
 func rawHTTP(t *testing.T, raw string) response {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", "localhost:9080", 5*time.Second)
+	conn, err := net.DialTimeout("tcp", gatewayHost, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,14 +154,14 @@ func readRaw(t *testing.T, conn net.Conn) response {
 
 // rawGET is a raw HTTP/1.1 GET of /v1/emails with the given header lines.
 func rawGET(headerLines ...string) string {
-	return "GET /v1/emails HTTP/1.1\r\nHost: localhost:9080\r\n" + strings.Join(headerLines, "\r\n") + "\r\nConnection: close\r\n\r\n"
+	return "GET /v1/emails HTTP/1.1\r\nHost: " + gatewayHost + "\r\n" + strings.Join(headerLines, "\r\n") + "\r\nConnection: close\r\n\r\n"
 }
 
 // chunked is a raw chunked POST to path with the given header lines, body
 // and trailer lines.
 func chunked(path string, headerLines []string, body string, trailerLines ...string) string {
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "POST %s HTTP/1.1\r\nHost: localhost:9080\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n", path)
+	fmt.Fprintf(&sb, "POST %s HTTP/1.1\r\nHost: "+gatewayHost+"\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n", path)
 	for _, h := range headerLines {
 		sb.WriteString(h + "\r\n")
 	}
@@ -321,7 +321,7 @@ func TestBadInputCatalogue(t *testing.T) {
 	// valid key in the header, so only the query can be what is refused.
 	queryCase := func(query string) func(t *testing.T) response {
 		return func(t *testing.T) response {
-			return rawHTTP(t, "GET /v1/emails?"+query+" HTTP/1.1\r\nHost: localhost:9080\r\n"+bearer(key)+"\r\nConnection: close\r\n\r\n")
+			return rawHTTP(t, "GET /v1/emails?"+query+" HTTP/1.1\r\nHost: "+gatewayHost+"\r\n"+bearer(key)+"\r\nConnection: close\r\n\r\n")
 		}
 	}
 
@@ -472,7 +472,7 @@ func TestBadInputCatalogue(t *testing.T) {
 			return bodyNeverSent(t, bearer(unknown))
 		}, want: rejectedAs(invalidKey)},
 		{name: "Expect: 100-continue without a key (no 100 sent)", send: func(t *testing.T) response {
-			return rawHTTP(t, "POST /v1/emails HTTP/1.1\r\nHost: localhost:9080\r\nContent-Length: 1048576\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+			return rawHTTP(t, "POST /v1/emails HTTP/1.1\r\nHost: "+gatewayHost+"\r\nContent-Length: 1048576\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
 		}, want: rejectedAs(missingKey)},
 		{name: "64 MB body with a valid key (streamed, not buffered)", send: func(t *testing.T) response {
 			return streamedBody(t, backend, key, 64<<20, 0)
@@ -506,13 +506,13 @@ func TestBadInputCatalogue(t *testing.T) {
 // rejects before reading the body answers at once.
 func bodyNeverSent(t *testing.T, authLine string) response {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", "localhost:9080", 5*time.Second)
+	conn, err := net.DialTimeout("tcp", gatewayHost, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	head := "POST /v1/emails HTTP/1.1\r\nHost: localhost:9080\r\nContent-Type: application/octet-stream\r\nContent-Length: 1073741824\r\n"
+	head := "POST /v1/emails HTTP/1.1\r\nHost: " + gatewayHost + "\r\nContent-Type: application/octet-stream\r\nContent-Length: 1073741824\r\n"
 	if authLine != "" {
 		head += authLine + "\r\n"
 	}

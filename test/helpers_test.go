@@ -34,6 +34,7 @@ var (
 	adminURL      string
 	gatewayURL    string
 	gatewayListen string
+	gatewayHost   string // localhost:<port>, for raw requests
 	httpsPort     string
 )
 
@@ -57,7 +58,8 @@ func choosePorts() error {
 	adminAddr = fmt.Sprintf("localhost:%d", admin)
 	adminURL = "http://" + adminAddr
 	gatewayListen = fmt.Sprintf(":%d", http)
-	gatewayURL = fmt.Sprintf("http://localhost:%d", http)
+	gatewayHost = fmt.Sprintf("localhost:%d", http)
+	gatewayURL = "http://" + gatewayHost
 	return os.Setenv("POSTSCALE_TEST_HTTP_PORT", strconv.Itoa(http))
 }
 

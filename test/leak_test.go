@@ -40,7 +40,7 @@ func TestNoKeyLeaks(t *testing.T) {
 	// The access log drops query strings, as SECURITY.md tells operators
 	// to (a client may put a key there; the gateway refuses the request,
 	// but Caddy logs it first).
-	loadConfig(t, globalOptions("\tdebug\n"+logOptions(caddyLog))+fmt.Sprintf(`:9080 {
+	loadConfig(t, globalOptions("\tdebug\n"+logOptions(caddyLog))+fmt.Sprintf(`:{$POSTSCALE_TEST_HTTP_PORT} {
 	log {
 		output file %s
 		format filter {
@@ -134,8 +134,8 @@ func TestNoKeyLeaks(t *testing.T) {
 		"to=a%40example.com&key=" + k, "%61pi_key=" + k, "api%5Fkey=" + k,
 		"a=1;api_key=" + k, "access_token[]=" + k, // item 9 of the hardening issue
 	} {
-		rawHTTP(t, "GET /v1/emails?"+q+" HTTP/1.1\r\nHost: localhost:9080\r\n"+bearer(k)+"\r\nConnection: close\r\n\r\n")
-		rawHTTP(t, "GET /v1/emails?"+q+" HTTP/1.1\r\nHost: localhost:9080\r\nConnection: close\r\n\r\n")
+		rawHTTP(t, "GET /v1/emails?"+q+" HTTP/1.1\r\nHost: "+gatewayHost+"\r\n"+bearer(k)+"\r\nConnection: close\r\n\r\n")
+		rawHTTP(t, "GET /v1/emails?"+q+" HTTP/1.1\r\nHost: "+gatewayHost+"\r\nConnection: close\r\n\r\n")
 	}
 	get(t, "/v1/emails", bearer(valid[11].Key), "Cookie: api_key="+valid[12].Key)
 	get(t, "/v1/emails", "Cookie: session="+valid[12].Key)

@@ -21,7 +21,7 @@ var internalError = rejection{http.StatusInternalServerError, "", "api_error", "
 // others work as usual, so the matchers do match.
 func TestMatcherErrorNeverReachesBackend(t *testing.T) {
 	backend := newRecorder(t, "mail")
-	loadCaddyfile(t, fmt.Sprintf(`:9080 {
+	loadCaddyfile(t, fmt.Sprintf(`:{$POSTSCALE_TEST_HTTP_PORT} {
 	@needs_key expression `+"`"+`path('/v1/*') || int({http.request.header.X-Priority}) > 0`+"`"+`
 	postscale @needs_key {
 		store sqlite %s

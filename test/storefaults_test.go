@@ -373,7 +373,7 @@ func TestStoreFaultsPostgres(t *testing.T) {
 
 	logPath := filepath.Join(t.TempDir(), "caddy.log")
 	backend := newRecorder(t, "mail")
-	loadConfig(t, globalOptions(logOptions(logPath))+fmt.Sprintf(`:9080 {
+	loadConfig(t, globalOptions(logOptions(logPath))+fmt.Sprintf(`:{$POSTSCALE_TEST_HTTP_PORT} {
 	postscale {
 		store postgres {env.POSTSCALE_TEST_FAULT_DSN}
 		plan bulk 100000

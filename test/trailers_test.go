@@ -82,7 +82,7 @@ func trailerGateway(t *testing.T) (*trailerRecorder, string) {
 	backend := newTrailerRecorder(t)
 	loadConfig(t, globalOptions(`	servers {
 		protocols h1 h2c
-	}`)+fmt.Sprintf(`:9080 {
+	}`)+fmt.Sprintf(`:{$POSTSCALE_TEST_HTTP_PORT} {
 	@needs_key not path /open*
 	postscale @needs_key {
 		store sqlite %s
@@ -123,7 +123,7 @@ func sendChunked(t *testing.T, path string, headers ...string) (int, string) {
 		fmt.Fprintf(&trailers, "%s: %s\r\n", f.name, f.value)
 	}
 	var req strings.Builder
-	fmt.Fprintf(&req, "POST %s HTTP/1.1\r\nHost: localhost:9080\r\n", path)
+	fmt.Fprintf(&req, "POST %s HTTP/1.1\r\nHost: "+gatewayHost+"\r\n", path)
 	for _, h := range headers {
 		req.WriteString(h + "\r\n")
 	}
@@ -132,7 +132,7 @@ func sendChunked(t *testing.T, path string, headers ...string) (int, string) {
 	req.WriteString(trailers.String())
 	req.WriteString("X-Checksum: abc\r\n\r\n")
 
-	conn, err := net.DialTimeout("tcp", "localhost:9080", 5*time.Second)
+	conn, err := net.DialTimeout("tcp", gatewayHost, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,7 @@ func TestTwoSitesSharingAStore(t *testing.T) {
 	backend := newRecorder(t, "mail")
 	store := storePath(t)
 	site := func(host string, rate int) string {
-		return fmt.Sprintf(`http://%s:9080 {
+		return fmt.Sprintf(`http://%s:{$POSTSCALE_TEST_HTTP_PORT} {
 	postscale {
 		store sqlite %s
 		plan growth %d
