@@ -400,6 +400,9 @@ func TestRedisCut(t *testing.T) {
 			}
 		}
 		time.Sleep(time.Second) // let the buckets refill, as after any quiet second
-		run("Redis back after "+fault.name, 3*time.Second, burst, 0.05)
+		// A transition: the replicas come back one by one, each on fresh
+		// connections, so this is held to 8%; the steady ±5% is the run
+		// before the cut and TestReplicasShareRedisLimit.
+		run("Redis back after "+fault.name, 3*time.Second, burst, 0.08)
 	}
 }
