@@ -18,8 +18,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
-	caddycmd "github.com/caddyserver/caddy/v2/cmd"
-	"github.com/spf13/cobra"
 
 	_ "github.com/postscale/caddy-postscale"
 )
@@ -511,14 +509,7 @@ func getKey(t *testing.T, id string) keyRecord {
 
 // runCLI runs `caddy postscale args…` and returns what it printed.
 func runCLI(args ...string) (stdout, stderr string, err error) {
-	c := &cobra.Command{Use: "postscale"}
-	caddycmd.Commands()["postscale"].CobraFunc(c)
-	var out, errOut bytes.Buffer
-	c.SetArgs(args)
-	c.SetOut(&out)
-	c.SetErr(&errOut)
-	err = c.Execute()
-	return out.String(), errOut.String(), err
+	return runCLIIn("", args...)
 }
 
 // cli runs the command and fails the test if it fails; it returns stdout.

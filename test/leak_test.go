@@ -1,7 +1,6 @@
 package test
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -13,9 +12,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	caddycmd "github.com/caddyserver/caddy/v2/cmd"
-	"github.com/spf13/cobra"
 
 	postscale "github.com/postscale/caddy-postscale"
 )
@@ -260,7 +256,7 @@ func TestNoKeyLeaks(t *testing.T) {
 		if args[0] != "--store" {
 			args = append([]string{"--address", adminAddr}, args...)
 		}
-		stdout, stderr, err := runCLIWithStdin(c.stdin, args...)
+		stdout, stderr, err := runCLIIn(c.stdin, args...)
 		what := "caddy postscale " + strings.Join(redactAll(c.args, secrets), " ") + pendingNote(c.pending)
 		keep(what+": stdout", stdout)
 		keep(what+": stderr", stderr)
@@ -271,9 +267,9 @@ func TestNoKeyLeaks(t *testing.T) {
 	// The one CLI answer that may hold a key: the one it creates.
 	out := cli(t, "--address", adminAddr, "key", "create", "--account", "acme", "--name", "cli")
 	secrets.add(strings.TrimSpace(out))
-	_, stderr, _ := runCLIWithStdin("", "--address", adminAddr, "key", "list", "--account", "acme")
+	_, stderr, _ := runCLIIn("", "--address", adminAddr, "key", "list", "--account", "acme")
 	keep("caddy postscale key list: stderr", stderr)
-	stdout, _, _ := runCLIWithStdin("", "--address", adminAddr, "key", "list", "--account", "acme")
+	stdout, _, _ := runCLIIn("", "--address", adminAddr, "key", "list", "--account", "acme")
 	keep("caddy postscale key list: stdout", stdout)
 
 	// ---- the metrics ----
@@ -434,17 +430,4 @@ func randomText(n int) string {
 		b[i] = alphabet[int(b[i])%len(alphabet)]
 	}
 	return string(b)
-}
-
-// runCLIWithStdin is runCLI with stdin.
-func runCLIWithStdin(stdin string, args ...string) (stdout, stderr string, err error) {
-	c := &cobra.Command{Use: "postscale"}
-	caddycmd.Commands()["postscale"].CobraFunc(c)
-	var out, errOut bytes.Buffer
-	c.SetArgs(args)
-	c.SetIn(strings.NewReader(stdin))
-	c.SetOut(&out)
-	c.SetErr(&errOut)
-	err = c.Execute()
-	return out.String(), errOut.String(), err
 }
