@@ -116,6 +116,19 @@ type keyring struct {
 	placed     chan struct{}
 	placedOnce sync.Once
 
+	// unknown holds the hashes the store does not know (see unknownKeys);
+	// cache holds only keys it found.
+	unknown *unknownKeys
+	// guessers counts the guesses of client addresses for failed_auth.
+	guessers *guessers
+
+	// inFlight counts store lookups not yet returned (including those a
+	// request stopped waiting for at its lookup timeout); past maxLookups a
+	// miss is answered at once with errLookupsBusy instead of queueing, so a
+	// flood of made-up keys holds a bounded number of store connections.
+	inFlight   atomic.Int64
+	maxLookups int64
+
 	// usage holds a *usage per key id with requests not yet flushed.
 	usage   sync.Map
 	flushMu sync.Mutex
@@ -140,8 +153,26 @@ func newKeyring(store Store, logger *zap.Logger) (*keyring, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating key cache: %w", err)
 	}
-	return &keyring{store: store, cache: cache, logger: logger, placed: make(chan struct{})}, nil
+	k := &keyring{store: store, cache: cache, unknown: newUnknownKeys(), guessers: newGuessers(), logger: logger, placed: make(chan struct{})}
+	k.maxLookups = defaultMaxLookups
+	if ls, ok := store.(lookupSlotter); ok {
+		k.maxLookups = int64(max(1, ls.lookupSlots()))
+	}
+	return k, nil
 }
+
+// lookupSlotter is a Store whose connection pool bounds how many key
+// lookups may be in flight at once; lookupSlots says how many, leaving
+// connections for writes and the change feed.
+type lookupSlotter interface{ lookupSlots() int }
+
+// defaultMaxLookups bounds the lookups in flight of a store that does not
+// say (see lookupSlotter).
+const defaultMaxLookups = 16
+
+// errLookupsBusy is the lookup error of a miss that found every lookup slot
+// taken: the store is slow or flooded, and the request gets 503 at once.
+var errLookupsBusy = errors.New("too many key lookups in flight")
 
 // feedWait bounds how long a new keyring waits for the store's change feed
 // to find its place before the config that needs it goes live.
@@ -311,25 +342,29 @@ func (k *keyring) flushUsage(ctx context.Context) {
 
 func cacheIndex(h *[sha256.Size]byte) uint64 { return binary.LittleEndian.Uint64(h[:8]) }
 
-// get returns the entry for a key hash: from the cache when it holds one,
-// else from the store through singleflight, caching the answer for p.ttl
-// (p.negTTL when the store does not know the hash). An error means the
-// store could not answer; nothing is cached then. While the change feed is
-// lost, a cached entry older than staleAfter is looked up again in the
-// background (see refresh) and served meanwhile, so a slow or hung store
-// never delays a cached key.
-func (k *keyring) get(ctx context.Context, h *[sha256.Size]byte, p lookupPolicy) (*entry, bool, error) {
-	e, ok := k.cache.Get(cacheIndex(h))
-	if ok && hashEqual(&e.hash, h) {
+// notFound is the entry of every key hash the store does not know.
+var notFound = &entry{}
+
+// cached returns what the cache knows of h at now: the entry of a key the
+// store found, notFound for a key it does not know, or nil when h must be
+// looked up (see lookup). It never waits on the store. While the change
+// feed is lost, a found entry older than staleAfter is looked up again in
+// the background (see refresh) and served meanwhile, so a slow or hung store
+// never delays a cached key; an unknown key that old is not trusted.
+func (k *keyring) cached(h *[sha256.Size]byte, now time.Time, p lookupPolicy) *entry {
+	if e, ok := k.cache.Get(cacheIndex(h)); ok && hashEqual(&e.hash, h) {
 		metrics.cacheHits.Inc()
-		if k.feedLost.Load() && time.Since(e.loaded) >= staleAfter {
+		if k.feedLost.Load() && now.Sub(e.loaded) >= staleAfter {
 			k.refresh(h, e, p)
 		}
-		return e, true, nil
+		return e
+	}
+	if loaded, ok := k.unknown.get(h, now); ok && !(k.feedLost.Load() && now.Sub(loaded) >= staleAfter) {
+		metrics.cacheHits.Inc()
+		return notFound
 	}
 	metrics.cacheMisses.Inc()
-	e, err := k.lookup(ctx, h, p)
-	return e, false, err
+	return nil
 }
 
 // flightKey names one singleflight lookup: a hash in one generation.
@@ -360,11 +395,7 @@ func (k *keyring) refresh(h *[sha256.Size]byte, old *entry, p lookupPolicy) {
 		}
 		// Until the cache has applied the answer, requests still see the
 		// stale entry and would start another lookup.
-		k.mu.RLock()
-		if !k.closed {
-			k.cache.Wait()
-		}
-		k.mu.RUnlock()
+		k.waitApplied()
 		return e, err
 	})
 }
@@ -381,11 +412,20 @@ func (k *keyring) put(e *entry, gen uint64, ttl time.Duration) {
 	k.mu.RUnlock()
 }
 
-// lookup asks the store for h through singleflight and caches the answer.
+// lookup asks the store for h through singleflight and caches the answer
+// for p.ttl (p.negTTL when the store does not know the hash). An error means
+// the store could not answer, in time or at all, or every lookup slot was
+// taken (errLookupsBusy); nothing is cached then.
 func (k *keyring) lookup(ctx context.Context, h *[sha256.Size]byte, p lookupPolicy) (*entry, error) {
 	gen := k.gen.Load()
 	v, err, _ := k.group.Do(flightKey(h, gen), func() (any, error) {
-		return k.load(ctx, *h, gen, p)
+		e, err := k.load(ctx, *h, gen, p)
+		if err == nil && e.found {
+			// Requests after this one must find the entry, not start
+			// another lookup while ristretto's buffer still holds it.
+			k.waitApplied()
+		}
+		return e, err
 	})
 	if err != nil {
 		return nil, err
@@ -393,35 +433,93 @@ func (k *keyring) lookup(ctx context.Context, h *[sha256.Size]byte, p lookupPoli
 	return v.(*entry), nil
 }
 
+// waitApplied returns once the cache has applied the sets before it.
+func (k *keyring) waitApplied() {
+	k.mu.RLock()
+	if !k.closed {
+		k.cache.Wait()
+	}
+	k.mu.RUnlock()
+}
+
+// lookupAnswer is what one store lookup returned.
+type lookupAnswer struct {
+	rec  KeyRecord
+	acct Account
+	err  error
+}
+
+// load looks h up in the store, in one of the keyring's lookup slots, and
+// caches the answer unless an invalidation came after generation gen. It
+// returns after p.timeout at the latest, whether or not the store has
+// answered: the lookup itself is then canceled, and keeps its slot until the
+// store lets go of it, so a store that ignores cancellation still holds no
+// more than maxLookups connections.
 func (k *keyring) load(ctx context.Context, h [sha256.Size]byte, gen uint64, p lookupPolicy) (*entry, error) {
+	if k.inFlight.Add(1) > k.maxLookups {
+		k.inFlight.Add(-1)
+		return nil, errLookupsBusy
+	}
 	// The lookup serves every request waiting on it, so it must not end
 	// when the first of them goes away.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.timeout)
 	defer cancel()
-	ttl := p.ttl
 	metrics.storeLookups.Inc()
 	start := time.Now()
-	rec, acct, err := k.store.LookupKey(ctx, h)
-	metrics.lookupDuration.Observe(time.Since(start).Seconds())
+	answered := make(chan lookupAnswer, 1)
+	go func() {
+		defer k.inFlight.Add(-1)
+		var a lookupAnswer
+		defer func() {
+			if r := recover(); r != nil {
+				a.err = fmt.Errorf("key store lookup panicked: %v", r)
+			}
+			answered <- a
+		}()
+		a.rec, a.acct, a.err = k.store.LookupKey(ctx, h)
+	}()
+	var a lookupAnswer
+	select {
+	case a = <-answered:
+	case <-ctx.Done():
+		a.err = fmt.Errorf("key store gave no answer within the lookup timeout (%v): %w", p.timeout, ctx.Err())
+	}
+	now := time.Now()
+	metrics.lookupDuration.Observe(now.Sub(start).Seconds())
 	var e *entry
 	switch {
-	case err == nil:
-		e = newEntry(h, rec, acct, time.Now())
-		e.usage = k.usageOf(rec.ID)
-	case errors.Is(err, ErrNotFound):
-		e, ttl = &entry{hash: h, loaded: time.Now()}, p.negTTL
+	case a.err == nil:
+		e = newEntry(h, a.rec, a.acct, now)
+		e.usage = k.usageOf(a.rec.ID)
+		e.expires = now.Add(p.ttl)
+		k.put(e, gen, p.ttl)
+	case errors.Is(a.err, ErrNotFound):
+		e = notFound
+		k.putUnknown(&h, gen, now, p.negTTL)
 	default:
 		if k.failing.CompareAndSwap(false, true) {
-			k.logger.Warn("key store lookups failing: uncached keys get 503 until it answers again", zap.Error(err))
+			k.logger.Warn("key store lookups failing: uncached keys get 503 until it answers again", zap.Error(a.err))
 		}
-		return nil, err
+		return nil, a.err
 	}
 	if k.failing.CompareAndSwap(true, false) {
 		k.logger.Info("key store lookups work again")
 	}
-	e.expires = e.loaded.Add(ttl)
-	k.put(e, gen, ttl)
 	return e, nil
+}
+
+// putUnknown remembers h as unknown from now for ttl, and drops any found
+// entry of h (a record deleted while the change feed was lost), unless an
+// invalidation came after generation gen.
+func (k *keyring) putUnknown(h *[sha256.Size]byte, gen uint64, now time.Time, ttl time.Duration) {
+	k.mu.RLock()
+	if k.gen.Load() == gen && !k.closed {
+		k.cache.Del(cacheIndex(h))
+		if ttl > 0 {
+			k.unknown.put(h, now, ttl)
+		}
+	}
+	k.mu.RUnlock()
 }
 
 // apply drops from the cache whatever a store change touched.
@@ -449,7 +547,10 @@ func (k *keyring) apply(c Change) {
 // can be served the old entry, and no lookup that started before can
 // re-cache it.
 func (k *keyring) invalidate(h [sha256.Size]byte) {
-	k.invalidating(func() { k.cache.Del(cacheIndex(&h)) })
+	k.invalidating(func() {
+		k.cache.Del(cacheIndex(&h))
+		k.unknown.forget(&h) // a key with this hash may just have been created
+	})
 }
 
 // invalidateAccount drops every cached key of an account, e.g. after a
@@ -462,6 +563,7 @@ func (k *keyring) invalidateAccount(id string) {
 // may have missed changes (it just started, or lost its place).
 func (k *keyring) invalidateAll() {
 	k.invalidateWhere(func(*entry) bool { return true })
+	k.invalidating(k.unknown.clear)
 }
 
 // invalidateWhere drops the cached entries match selects.

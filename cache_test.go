@@ -3,6 +3,7 @@ package postscale
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"sync"
 	"sync/atomic"
@@ -105,6 +106,17 @@ func newTestKeyring(t testing.TB, s Store) *keyring {
 // testPolicy caches for a minute and lets a lookup take a second.
 var testPolicy = lookupPolicy{ttl: time.Minute, negTTL: time.Minute, timeout: time.Second}
 
+// testGet is what a request does with a key hash, without the guessing
+// throttle: the cached answer, else a store lookup. hit says the cache
+// answered.
+func testGet(k *keyring, h *[sha256.Size]byte, p lookupPolicy) (e *entry, hit bool, err error) {
+	if e := k.cached(h, time.Now(), p); e != nil {
+		return e, true, nil
+	}
+	e, err = k.lookup(context.Background(), h, p)
+	return e, false, err
+}
+
 // settle waits until ristretto has applied pending sets, so that the next
 // Get sees them.
 func settle(k *keyring) { k.cache.Wait() }
@@ -115,13 +127,13 @@ func TestKeyringCachesFoundKeys(t *testing.T) {
 	key, rec := s.add(t)
 	h := HashKey(key)
 
-	e, hit, err := k.get(context.Background(), &h, testPolicy)
+	e, hit, err := testGet(k, &h, testPolicy)
 	if err != nil || hit || !e.found || e.keyID != rec.ID {
 		t.Fatalf("first get: entry %+v, hit %v, err %v; want found %s from the store", e, hit, err, rec.ID)
 	}
 	settle(k)
 	for range 100 {
-		if _, hit, _ := k.get(context.Background(), &h, testPolicy); !hit {
+		if _, hit, _ := testGet(k, &h, testPolicy); !hit {
 			t.Fatal("a cached key missed the cache")
 		}
 	}
@@ -135,12 +147,13 @@ func TestKeyringNegativeEntries(t *testing.T) {
 	k := newTestKeyring(t, s)
 	unknown, _ := NewKey(ModeLive)
 	h := HashKey(unknown)
+	// No settle between the requests: the answer must hold from the very
+	// next one, whatever ristretto's buffers and admission policy do.
 	for range 50 {
-		e, _, err := k.get(context.Background(), &h, testPolicy)
+		e, _, err := testGet(k, &h, testPolicy)
 		if err != nil || e.found {
 			t.Fatalf("unknown key: entry found=%v err=%v; want not found", e.found, err)
 		}
-		settle(k)
 	}
 	if got := s.lookups.Load(); got != 1 {
 		t.Errorf("store lookups for a repeated unknown key: got %d, want 1", got)
@@ -157,20 +170,20 @@ func TestKeyringTTL(t *testing.T) {
 
 	// A found key lives for ttl, an unknown one for negTTL.
 	const ttl, negTTL = 300 * time.Millisecond, 300 * time.Millisecond
-	k.get(context.Background(), &h, lookupPolicy{ttl: ttl, negTTL: negTTL, timeout: time.Second})
-	k.get(context.Background(), &hu, lookupPolicy{ttl: ttl, negTTL: negTTL, timeout: time.Second})
+	testGet(k, &h, lookupPolicy{ttl: ttl, negTTL: negTTL, timeout: time.Second})
+	testGet(k, &hu, lookupPolicy{ttl: ttl, negTTL: negTTL, timeout: time.Second})
 	settle(k)
-	if _, hit, _ := k.get(context.Background(), &h, lookupPolicy{ttl: ttl, negTTL: negTTL, timeout: time.Second}); !hit {
+	if _, hit, _ := testGet(k, &h, lookupPolicy{ttl: ttl, negTTL: negTTL, timeout: time.Second}); !hit {
 		t.Fatal("found key not cached")
 	}
-	if _, hit, _ := k.get(context.Background(), &hu, lookupPolicy{ttl: ttl, negTTL: negTTL, timeout: time.Second}); !hit {
+	if _, hit, _ := testGet(k, &hu, lookupPolicy{ttl: ttl, negTTL: negTTL, timeout: time.Second}); !hit {
 		t.Fatal("unknown key not cached")
 	}
 	time.Sleep(ttl + 100*time.Millisecond)
-	if _, hit, _ := k.get(context.Background(), &h, lookupPolicy{ttl: ttl, negTTL: negTTL, timeout: time.Second}); hit {
+	if _, hit, _ := testGet(k, &h, lookupPolicy{ttl: ttl, negTTL: negTTL, timeout: time.Second}); hit {
 		t.Error("found key still cached after its TTL")
 	}
-	if _, hit, _ := k.get(context.Background(), &hu, lookupPolicy{ttl: ttl, negTTL: negTTL, timeout: time.Second}); hit {
+	if _, hit, _ := testGet(k, &hu, lookupPolicy{ttl: ttl, negTTL: negTTL, timeout: time.Second}); hit {
 		t.Error("unknown key still cached after the negative TTL")
 	}
 }
@@ -182,7 +195,7 @@ func TestKeyringStoreErrorsAreNotCached(t *testing.T) {
 	h := HashKey(key)
 	s.fail = errors.New("connection refused")
 	for range 3 {
-		if _, _, err := k.get(context.Background(), &h, testPolicy); err == nil {
+		if _, _, err := testGet(k, &h, testPolicy); err == nil {
 			t.Fatal("get succeeded while the store fails")
 		}
 		settle(k)
@@ -190,7 +203,7 @@ func TestKeyringStoreErrorsAreNotCached(t *testing.T) {
 	s.mu.Lock()
 	s.fail = nil
 	s.mu.Unlock()
-	e, _, err := k.get(context.Background(), &h, testPolicy)
+	e, _, err := testGet(k, &h, testPolicy)
 	if err != nil || !e.found {
 		t.Fatalf("after the store recovered: found=%v err=%v", e != nil && e.found, err)
 	}
@@ -212,7 +225,7 @@ func TestKeyringSingleflight(t *testing.T) {
 	results := make(chan *entry, n)
 	for range n {
 		wg.Go(func() {
-			e, _, err := k.get(context.Background(), &h, testPolicy)
+			e, _, err := testGet(k, &h, testPolicy)
 			if err != nil {
 				t.Error(err)
 			}
@@ -253,7 +266,7 @@ func TestKeyringRevocationRace(t *testing.T) {
 		s.setHold(hold, entered)
 		inflight := make(chan *entry, 1)
 		go func() {
-			e, _, _ := k.get(context.Background(), &h, testPolicy)
+			e, _, _ := testGet(k, &h, testPolicy)
 			inflight <- e
 		}()
 		<-entered
@@ -275,7 +288,7 @@ func TestKeyringRevocationRace(t *testing.T) {
 			t.Fatal("the held lookup was supposed to carry the unrevoked record")
 		}
 		settle(k)
-		e, _, err := k.get(context.Background(), &h, testPolicy)
+		e, _, err := testGet(k, &h, testPolicy)
 		if err != nil || !e.revoked {
 			t.Fatalf("after the stale lookup finished: revoked=%v err=%v; want the revoked record", e != nil && e.revoked, err)
 		}
@@ -285,7 +298,7 @@ func TestKeyringRevocationRace(t *testing.T) {
 		k, _, h, release := begin(t)
 		got := make(chan *entry, 1)
 		go func() {
-			e, _, _ := k.get(context.Background(), &h, testPolicy)
+			e, _, _ := testGet(k, &h, testPolicy)
 			got <- e
 		}()
 		select {
@@ -330,12 +343,12 @@ func TestKeyringInvalidateAccount(t *testing.T) {
 	key1, _ := s.add(t)
 	key2, _ := s.add(t)
 	h1, h2 := HashKey(key1), HashKey(key2)
-	k.get(context.Background(), &h1, testPolicy)
-	k.get(context.Background(), &h2, testPolicy)
+	testGet(k, &h1, testPolicy)
+	testGet(k, &h2, testPolicy)
 	settle(k)
 	k.apply(Change{Account: "acme"})
 	for _, h := range []*[sha256.Size]byte{&h1, &h2} {
-		if _, hit, _ := k.get(context.Background(), h, testPolicy); hit {
+		if _, hit, _ := testGet(k, h, testPolicy); hit {
 			t.Error("a key of the changed account is still cached")
 		}
 	}
@@ -354,7 +367,7 @@ func TestKeyringRechecksWhileFeedLost(t *testing.T) {
 	h := HashKey(key)
 	unknown := HashKey("ps_live_not-in-the-store")
 	for _, hh := range []*[32]byte{&h, &unknown} {
-		if _, _, err := k.get(context.Background(), hh, testPolicy); err != nil {
+		if _, _, err := testGet(k, hh, testPolicy); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -364,7 +377,7 @@ func TestKeyringRechecksWhileFeedLost(t *testing.T) {
 		t.Helper()
 		deadline := time.Now().Add(2 * time.Second)
 		for {
-			e, _, err := k.get(context.Background(), hh, testPolicy)
+			e, _, err := testGet(k, hh, testPolicy)
 			if err == nil && want(e) {
 				return
 			}
@@ -382,7 +395,7 @@ func TestKeyringRechecksWhileFeedLost(t *testing.T) {
 	s.keys[unknown] = s.keys[HashKey(other)] // the unknown key now exists
 	s.mu.Unlock()
 	before := s.lookups.Load()
-	if e, hit, _ := k.get(context.Background(), &h, testPolicy); !hit || e.revoked {
+	if e, hit, _ := testGet(k, &h, testPolicy); !hit || e.revoked {
 		t.Fatalf("feed lost, entry fresh: hit=%v revoked=%v; want the cached, unrevoked entry", hit, e.revoked)
 	}
 	if got := s.lookups.Load() - before; got != 0 {
@@ -391,7 +404,7 @@ func TestKeyringRechecksWhileFeedLost(t *testing.T) {
 
 	time.Sleep(staleAfter + 50*time.Millisecond)
 	before = s.lookups.Load()
-	if e, hit, err := k.get(context.Background(), &h, testPolicy); err != nil || !hit || e.revoked {
+	if e, hit, err := testGet(k, &h, testPolicy); err != nil || !hit || e.revoked {
 		t.Fatalf("feed lost, entry %v old: hit=%v err=%v; want the cached entry at once, looked up again behind it", staleAfter, hit, err)
 	}
 	eventually("the revocation made while the feed was lost", &h, func(e *entry) bool { return e.revoked })
@@ -408,7 +421,7 @@ func TestKeyringRechecksWhileFeedLost(t *testing.T) {
 	s.mu.Unlock()
 	before = s.lookups.Load()
 	for range 50 {
-		if e, hit, err := k.get(context.Background(), &h, testPolicy); err != nil || !hit || !e.revoked {
+		if e, hit, err := testGet(k, &h, testPolicy); err != nil || !hit || !e.revoked {
 			t.Fatalf("feed lost, store down: hit=%v err=%v; want the cached (revoked) entry kept", hit, err)
 		}
 	}
@@ -418,7 +431,7 @@ func TestKeyringRechecksWhileFeedLost(t *testing.T) {
 	settle(k)
 	time.Sleep(50 * time.Millisecond)
 	for range 50 {
-		k.get(context.Background(), &h, testPolicy)
+		testGet(k, &h, testPolicy)
 	}
 	if got := s.lookups.Load() - before; got != 1 {
 		t.Errorf("feed lost, store down, 100 requests for one stale key within %v: %d lookups, want 1", staleAfter, got)
@@ -429,13 +442,13 @@ func TestKeyringRechecksWhileFeedLost(t *testing.T) {
 	s.fail = nil
 	s.mu.Unlock()
 	k.apply(Change{All: true})
-	if _, hit, _ := k.get(context.Background(), &h, testPolicy); hit {
+	if _, hit, _ := testGet(k, &h, testPolicy); hit {
 		t.Fatal("after All: got a cache hit, want everything dropped")
 	}
 	settle(k)
 	before = s.lookups.Load()
 	time.Sleep(staleAfter + 50*time.Millisecond)
-	if _, hit, _ := k.get(context.Background(), &h, testPolicy); !hit {
+	if _, hit, _ := testGet(k, &h, testPolicy); !hit {
 		t.Error("feed back, entry older than staleAfter: got a lookup, want the cached entry")
 	}
 	time.Sleep(20 * time.Millisecond)
@@ -454,4 +467,167 @@ func waitUntil(d time.Duration, cond func() bool) (time.Duration, bool) {
 		time.Sleep(time.Millisecond)
 	}
 	return time.Since(start), true
+}
+
+// TestKeyringUnknownKeyAmidFlood: one unknown key repeated among a flood of
+// distinct made-up keys (far more than ristretto would admit) costs one
+// lookup, and concurrent misses of one unknown key share it.
+func TestKeyringUnknownKeyAmidFlood(t *testing.T) {
+	s := newFakeStore()
+	k := newTestKeyring(t, s)
+	repeated, _ := NewKey(ModeLive)
+	hr := HashKey(repeated)
+	for i := range 20000 {
+		made, _ := NewKey(ModeLive)
+		hm := HashKey(made)
+		if _, _, err := testGet(k, &hm, testPolicy); err != nil {
+			t.Fatal(err)
+		}
+		if i%100 == 0 {
+			if e, _, err := testGet(k, &hr, testPolicy); err != nil || e.found {
+				t.Fatalf("repeated unknown key: found=%v err=%v", e != nil && e.found, err)
+			}
+		}
+	}
+	if got, want := s.lookups.Load(), int64(20000+1); got != want {
+		t.Errorf("store lookups: got %d, want %d (one per distinct key)", got, want)
+	}
+	if n := k.unknown.len(); n > unknownKeysCapacity {
+		t.Errorf("unknown keys held: %d, want at most %d", n, unknownKeysCapacity)
+	}
+
+	// Concurrent misses of one new unknown key make one lookup.
+	hold, entered := make(chan struct{}), make(chan struct{}, 1)
+	s.setHold(hold, entered)
+	fresh, _ := NewKey(ModeTest)
+	hf := HashKey(fresh)
+	before := s.lookups.Load()
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(func() {
+			if e, _, err := testGet(k, &hf, testPolicy); err != nil || e.found {
+				t.Errorf("concurrent unknown key: found=%v err=%v", e != nil && e.found, err)
+			}
+		})
+	}
+	<-entered
+	time.Sleep(50 * time.Millisecond)
+	s.setHold(nil, nil)
+	close(hold)
+	wg.Wait()
+	for range 10 {
+		testGet(k, &hf, testPolicy)
+	}
+	if got := s.lookups.Load() - before; got != 1 {
+		t.Errorf("lookups for 50 concurrent and 10 later requests of one unknown key: got %d, want 1", got)
+	}
+}
+
+// TestUnknownKeysBounded: past its capacity the negative cache pushes out
+// what expires first, and a created key's hash is forgotten at once.
+func TestUnknownKeysBounded(t *testing.T) {
+	u := newUnknownKeys()
+	now := time.Unix(1_800_000_000, 0)
+	var hashes [][sha256.Size]byte
+	for i := range 3 * unknownKeysCapacity {
+		var h [sha256.Size]byte
+		binary.LittleEndian.PutUint64(h[:], uint64(i)*0x9E3779B97F4A7C15)
+		h[8] = byte(i)
+		hashes = append(hashes, h)
+		u.put(&h, now.Add(time.Duration(i)*time.Microsecond), time.Minute)
+	}
+	if n := u.len(); n > unknownKeysCapacity {
+		t.Fatalf("held %d hashes, want at most %d", n, unknownKeysCapacity)
+	}
+	last := hashes[len(hashes)-1]
+	if _, ok := u.get(&last, now); !ok {
+		t.Error("the newest hash was pushed out")
+	}
+	if _, ok := u.get(&hashes[0], now); ok {
+		t.Error("the hash expiring first is still held")
+	}
+	if _, ok := u.get(&last, now.Add(2*time.Minute)); ok {
+		t.Error("a hash is still unknown after its TTL")
+	}
+	u.forget(&last)
+	if _, ok := u.get(&last, now); ok {
+		t.Error("a forgotten hash is still unknown")
+	}
+}
+
+// ctxIgnoringStore answers no lookup until release is closed, whatever the
+// lookup's context says, as a driver stuck in a system call would.
+type ctxIgnoringStore struct {
+	*fakeStore
+	release chan struct{}
+	started chan struct{}
+}
+
+func (s *ctxIgnoringStore) LookupKey(ctx context.Context, h [sha256.Size]byte) (KeyRecord, Account, error) {
+	s.started <- struct{}{}
+	<-s.release
+	return s.fakeStore.LookupKey(ctx, h)
+}
+
+// TestKeyringLookupBounds: a lookup answers by its timeout even when the
+// store ignores cancellation, keeps its slot until the store lets go, and
+// a miss that finds every slot taken fails at once.
+func TestKeyringLookupBounds(t *testing.T) {
+	s := &ctxIgnoringStore{fakeStore: newFakeStore(), release: make(chan struct{}), started: make(chan struct{}, 100)}
+	k := newTestKeyring(t, s)
+	k.maxLookups = 3
+	p := lookupPolicy{ttl: time.Minute, negTTL: time.Minute, timeout: 200 * time.Millisecond}
+	released := false
+	t.Cleanup(func() {
+		if !released {
+			close(s.release)
+		}
+	})
+
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Go(func() {
+			made, _ := NewKey(ModeLive)
+			h := HashKey(made)
+			begin := time.Now()
+			_, _, err := testGet(k, &h, p)
+			took := time.Since(begin)
+			if err == nil || !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("a lookup the store never answers: err %v, want the lookup timeout", err)
+			}
+			if took > p.timeout+2*time.Second {
+				t.Errorf("a lookup the store never answers returned after %v; lookup timeout %v", took, p.timeout)
+			}
+		})
+	}
+	for range 3 {
+		<-s.started
+	}
+	wg.Wait()
+	// The three store calls still run: every slot is taken, and a fourth
+	// distinct miss fails at once without reaching the store.
+	if n := k.inFlight.Load(); n != 3 {
+		t.Fatalf("lookups in flight after their requests timed out: %d, want 3", n)
+	}
+	made, _ := NewKey(ModeLive)
+	h := HashKey(made)
+	begin := time.Now()
+	if _, _, err := testGet(k, &h, p); !errors.Is(err, errLookupsBusy) {
+		t.Fatalf("a miss with every slot taken: err %v, want errLookupsBusy", err)
+	}
+	if took := time.Since(begin); took > 100*time.Millisecond {
+		t.Errorf("a miss with every slot taken took %v; want an answer at once", took)
+	}
+	if got := s.lookups.Load(); got != 0 {
+		t.Errorf("store lookups completed: %d, want 0", got)
+	}
+
+	close(s.release)
+	released = true
+	if _, ok := waitUntil(2*time.Second, func() bool { return k.inFlight.Load() == 0 }); !ok {
+		t.Fatalf("lookups in flight after the store answered: %d, want 0", k.inFlight.Load())
+	}
+	if e, _, err := testGet(k, &h, p); err != nil || e.found {
+		t.Fatalf("after the store let go: found=%v err=%v; want a not-found answer", e != nil && e.found, err)
+	}
 }

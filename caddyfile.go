@@ -39,6 +39,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error)
 //	postscale [<matcher>] {
 //	    store sqlite [<path>] {
 //	        poll_interval <duration>
+//	        max_conns <n>
 //	    }
 //	    store postgres <dsn> {
 //	        max_conns <n>
@@ -46,6 +47,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error)
 //	    cache_ttl <duration>
 //	    negative_ttl <duration>
 //	    lookup_timeout <duration>
+//	    failed_auth <count> <window> | off
 //	    limiter local
 //	    limiter redis <url> {
 //	        replicas <n>
@@ -165,6 +167,26 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			default:
 				h.LookupTimeout = caddy.Duration(dur)
 			}
+		case "failed_auth":
+			args := d.RemainingArgs()
+			fa := new(FailedAuth)
+			switch {
+			case len(args) == 1 && args[0] == "off":
+				fa.Off = true
+			case len(args) == 2:
+				n, err := strconv.Atoi(args[0])
+				if err != nil || n < 1 {
+					return d.Errf("failed_auth: count must be a whole number, at least 1, got %q", args[0])
+				}
+				dur, err := caddy.ParseDuration(args[1])
+				if err != nil || dur <= 0 {
+					return d.Errf("failed_auth: window must be a positive duration, got %q", args[1])
+				}
+				fa.Count, fa.Window = n, caddy.Duration(dur)
+			default:
+				return d.Errf("failed_auth: want failed_auth <count> <window> or failed_auth off, got %d arguments", len(args))
+			}
+			h.FailedAuth = fa
 		case "legacy_keys":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -201,6 +223,7 @@ func unmarshalGuest(d *caddyfile.Dispenser, namespace string) (json.RawMessage, 
 //
 //	sqlite [<path>] {
 //	    poll_interval <duration>
+//	    max_conns <n>
 //	}
 func (s *SQLiteStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume backend name
@@ -221,6 +244,18 @@ func (s *SQLiteStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("poll_interval: want a positive duration, got %q", d.Val())
 			}
 			s.PollInterval = caddy.Duration(dur)
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "max_conns":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(d.Val())
+			if err != nil || n < 1 {
+				return d.Errf("max_conns: want a whole number, at least 1, got %q", d.Val())
+			}
+			s.MaxConns = n
 			if d.NextArg() {
 				return d.ArgErr()
 			}

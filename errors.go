@@ -23,6 +23,7 @@ const (
 	outcomeUnknownPlan
 	outcomeForbidden // built per scope rule: see scopeRule
 	outcomeInternal  // the handler could not decide: see Handler.failed
+	outcomeThrottled // too many guesses from the client's address (failed_auth)
 	numOutcomes
 )
 
@@ -93,6 +94,9 @@ func init() {
 	def(outcomeUnknownPlan, http.StatusServiceUnavailable, "", "",
 		"api_error", "plan_not_configured",
 		"Your account's plan is not configured on this gateway, so the request cannot be rate-limited and was not sent. This is a server-side problem; contact support.")
+	def(outcomeThrottled, http.StatusTooManyRequests, "", "",
+		"rate_limit_error", "too_many_failed_attempts",
+		"Too many requests with unknown API keys came from your address. Requests with keys not recently used from here are refused until the time in the Retry-After header has passed; check which key your client sends.")
 	def(outcomeInternal, http.StatusInternalServerError, "", "",
 		"api_error", "internal_error",
 		"The gateway could not check this request because of a problem on its side, so it was not sent. Retry later; if it keeps happening, contact support.")

@@ -400,7 +400,7 @@ func TestUsageFlushedOnShutdown(t *testing.T) {
 	k.run()
 	key, rec := fs.add(t)
 	h := HashKey(key)
-	e, _, err := k.get(context.Background(), &h, testPolicy)
+	e, _, err := testGet(k, &h, testPolicy)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,6 +39,7 @@ var outcomeLabels = [numOutcomes]string{
 	outcomeUnknownPlan:      "unavailable",
 	outcomeForbidden:        "forbidden",
 	outcomeInternal:         "error",
+	outcomeThrottled:        "throttled",
 }
 
 func initMetrics() {

@@ -54,6 +54,13 @@ type Handler struct {
 	// past it the request gets 503 store_unavailable. Default: 1s.
 	LookupTimeout caddy.Duration `json:"lookup_timeout,omitempty"`
 
+	// FailedAuth throttles guessing per client address: past Count unknown
+	// keys within Window, an address's keys that are not cached as valid
+	// get 429 too_many_failed_attempts without a store lookup. The address
+	// is the client IP as Caddy determines it (see the server's
+	// trusted_proxies). Default: 100 per 1m; {"off": true} turns it off.
+	FailedAuth *FailedAuth `json:"failed_auth,omitempty"`
+
 	// LimiterRaw decides the rate limits, a module in the
 	// postscale.limiters namespace. Default: buckets in this process
 	// ({"backend": "local"}); {"backend": "redis"} shares them between
@@ -85,7 +92,9 @@ type Handler struct {
 	lookup  lookupPolicy
 	limiter Limiter
 	limits  map[string]*limit // by plan name, defaults merged in
-	logger  *zap.Logger
+	// guessLimit is FailedAuth with its defaults, or nil when it is off.
+	guessLimit *FailedAuth
+	logger     *zap.Logger
 
 	// unknownPlans remembers plan names already logged as missing, so the
 	// operator sees each once, not once per request.
@@ -129,6 +138,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("protect: %w", err)
 		}
 	}
+	var fa FailedAuth
+	if h.FailedAuth != nil {
+		fa = *h.FailedAuth
+	}
+	fa, err := fa.withDefaults()
+	if err != nil {
+		return err
+	}
+	if !fa.Off {
+		h.guessLimit = &fa
+	}
 	if err := h.resolvePlans(); err != nil {
 		return err
 	}
@@ -140,7 +160,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.StoreRaw == nil {
 		h.StoreRaw = json.RawMessage(`{"backend":"sqlite"}`)
 	}
-	mod, err := ctx.LoadModule(h, "StoreRaw")
+	var mod any
+	mod, err = ctx.LoadModule(h, "StoreRaw")
 	if err != nil {
 		return fmt.Errorf("loading store: %w", err)
 	}
@@ -239,7 +260,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 	now := time.Now()
-	e, o := h.check(r, now)
+	e, o, retryAfter := h.check(r, now)
 	if o != outcomeAdmitted {
 		if e != nil {
 			countOutcome(o, e.mode, e.plan)
@@ -247,6 +268,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			metrics.early[o].Inc()
 		}
 		closeUnreadBody(w, r)
+		if retryAfter > 0 {
+			w.Header()["Retry-After"] = []string{strconv.FormatInt(retryAfter, 10)}
+		}
 		writeRejection(w, o)
 		return nil
 	}
@@ -368,37 +392,57 @@ func oneValue(vals *[headerVals]string, i int, v string) []string {
 
 // check authenticates a request: it returns the key's cache entry and
 // outcomeAdmitted, or the outcome that rejects the request (with the entry
-// when the key is known, for the metrics' mode and plan).
-func (h *Handler) check(r *http.Request, now time.Time) (*entry, outcome) {
+// when the key is known, for the metrics' mode and plan, and for a
+// throttled address the seconds until it may guess again).
+func (h *Handler) check(r *http.Request, now time.Time) (*entry, outcome, int64) {
 	if r.URL.RawQuery != "" && credentialsInQuery(r.URL.RawQuery) {
-		return nil, outcomeCredentialsInURL
+		return nil, outcomeCredentialsInURL, 0
 	}
 	token, o := bearerToken(r.Header)
 	if o != outcomeAdmitted {
-		return nil, o
+		return nil, o, 0
 	}
 	key, err := ParseKey(token, h.LegacyKeys)
 	if err != nil {
-		return nil, outcomeInvalid
+		return nil, outcomeInvalid, 0
 	}
-	e, _, err := h.keys.get(r.Context(), &key.Hash, h.lookup)
-	if err != nil {
-		if c := h.logger.Check(zapcore.DebugLevel, "key store unavailable; answering 503"); c != nil {
-			c.Write(zap.Error(err))
+	e := h.keys.cached(&key.Hash, now, h.lookup)
+	if e == nil || !e.found {
+		// Not cached as valid: this may be a guess, which the client's
+		// address must have left, before any store lookup.
+		var ticket guessTicket
+		if h.guessLimit != nil {
+			ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+			var retryAfter int64
+			var ok bool
+			if ticket, retryAfter, ok = h.keys.guessers.reserve(guessAddr(ip), now, h.guessLimit); !ok {
+				return nil, outcomeThrottled, retryAfter
+			}
 		}
-		return nil, outcomeUnavailable
+		if e == nil {
+			if e, err = h.keys.lookup(r.Context(), &key.Hash, h.lookup); err != nil {
+				h.keys.guessers.release(ticket)
+				if c := h.logger.Check(zapcore.DebugLevel, "key store unavailable; answering 503"); c != nil {
+					c.Write(zap.Error(err))
+				}
+				return nil, outcomeUnavailable, 0
+			}
+		}
+		if e.found {
+			h.keys.guessers.release(ticket) // a known key is no guess
+		}
 	}
 	switch {
 	case !e.found, e.legacy && !h.LegacyKeys, e.mode != key.Mode:
 		// A record whose mode differs from the key's prefix (a hash
 		// imported with the wrong mode) must not turn test into live.
-		return nil, outcomeInvalid
+		return nil, outcomeInvalid, 0
 	case e.revoked:
-		return e, outcomeRevoked
+		return e, outcomeRevoked, 0
 	case !e.expiresAt.IsZero() && !now.Before(e.expiresAt):
-		return e, outcomeExpired
+		return e, outcomeExpired, 0
 	}
-	return e, outcomeAdmitted
+	return e, outcomeAdmitted, 0
 }
 
 // Interface guards.

@@ -736,7 +736,7 @@ func contractKeyring(t *testing.T, open func(t *testing.T) Store) {
 			t.Helper()
 			got := make(chan *entry, 1)
 			go func() {
-				e, _, err := kr.get(context.Background(), &k.Hash, policy)
+				e, _, err := testGet(kr, &k.Hash, policy)
 				if err != nil {
 					t.Errorf("%s: get: %v", what, err)
 				}
@@ -754,7 +754,7 @@ func contractKeyring(t *testing.T, open func(t *testing.T) Store) {
 		held.holdNext(k.Hash)
 		inflight := make(chan *entry, 1)
 		go func() {
-			e, _, err := kr.get(context.Background(), &k.Hash, policy)
+			e, _, err := testGet(kr, &k.Hash, policy)
 			if err != nil {
 				t.Errorf("held get: %v", err)
 			}

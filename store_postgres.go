@@ -39,7 +39,8 @@ type PostgresStore struct {
 	// MaxConns is how many connections the store's pool opens at most,
 	// shared by every config that uses the same DSN. The change feed holds
 	// one more connection of its own. It overrides a pool_max_conns given
-	// in the DSN. Default: 10.
+	// in the DSN. Key lookups of uncached keys may hold all but two of
+	// them at once; a miss beyond that gets 503 at once. Default: 10.
 	MaxConns int `json:"max_conns,omitempty"`
 
 	// dsn is DSN with its placeholders replaced: the key of the shared
@@ -199,6 +200,10 @@ func (s *PostgresStore) settingsKey() string {
 // Identity implements Store: postgres://user@host:port/dbname, with the
 // search_path when the DSN sets one. It never holds the password.
 func (s *PostgresStore) Identity() string { return s.identity }
+
+// lookupSlots implements lookupSlotter: all of the pool's connections but
+// two, which stay free for writes and usage flushes.
+func (s *PostgresStore) lookupSlots() int { return max(1, int(s.db.maxConns)-2) }
 
 // postgresPoolConfig parses dsn into a pool configuration of maxConns
 // connections (0: the default).

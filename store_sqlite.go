@@ -31,6 +31,13 @@ type SQLiteStore struct {
 	// to reach this server's cache. Default: 250ms.
 	PollInterval caddy.Duration `json:"poll_interval,omitempty"`
 
+	// MaxConns is how many connections to the file the store opens at
+	// most, shared by every config that uses the same file (the first to
+	// open it sets the number). Key lookups of uncached keys may hold all
+	// but two of them at once; a miss beyond that gets 503 at once. Idle
+	// connections close after 30s. Default: 8.
+	MaxConns int `json:"max_conns,omitempty"`
+
 	db     *sqliteDB
 	logger *zap.Logger
 }
@@ -63,15 +70,32 @@ func (s *SQLiteStore) Provision(ctx caddy.Context) error {
 	if time.Duration(s.PollInterval) > time.Second {
 		s.logger.Warn("poll_interval above 1s: revocations made by other processes take that long to arrive", zap.Duration("poll_interval", time.Duration(s.PollInterval)))
 	}
-	v, _, err := sqliteDBs.LoadOrNew(abs, func() (caddy.Destructor, error) {
-		return openSQLite(abs)
+	if s.MaxConns < 0 {
+		return fmt.Errorf("max_conns: must be at least 1, got %d", s.MaxConns)
+	}
+	if s.MaxConns == 0 {
+		s.MaxConns = defaultSQLiteMaxConns
+	}
+	v, loaded, err := sqliteDBs.LoadOrNew(abs, func() (caddy.Destructor, error) {
+		return openSQLite(abs, s.MaxConns)
 	})
 	if err != nil {
 		return err
 	}
 	s.db = v.(*sqliteDB)
+	if loaded && s.db.maxConns != s.MaxConns {
+		s.logger.Warn("max_conns differs from the pool already open for this file; it applies once no config uses the old pool",
+			zap.String("path", abs), zap.Int("max_conns", s.MaxConns), zap.Int("in_use", s.db.maxConns))
+	}
 	return nil
 }
+
+// defaultSQLiteMaxConns is the pool size unless max_conns says.
+const defaultSQLiteMaxConns = 8
+
+// lookupSlots implements lookupSlotter: all connections but two, which
+// stay free for writes and the change poll.
+func (s *SQLiteStore) lookupSlots() int { return max(1, s.db.maxConns-2) }
 
 // Cleanup releases this config's hold on the database.
 func (s *SQLiteStore) Cleanup() error {
@@ -91,11 +115,11 @@ func DefaultSQLitePath() string {
 // OpenSQLiteStore opens the store at path outside of a Caddy config, as the
 // CLI does when no server runs. Close it with Close.
 func OpenSQLiteStore(path string) (*SQLiteStore, error) {
-	db, err := openSQLite(path)
+	db, err := openSQLite(path, defaultSQLiteMaxConns)
 	if err != nil {
 		return nil, err
 	}
-	return &SQLiteStore{Path: path, db: db, PollInterval: caddy.Duration(250 * time.Millisecond), logger: zap.NewNop()}, nil
+	return &SQLiteStore{Path: path, db: db, PollInterval: caddy.Duration(250 * time.Millisecond), MaxConns: defaultSQLiteMaxConns, logger: zap.NewNop()}, nil
 }
 
 // retain keeps the database open, even past this config's Cleanup, until
@@ -115,11 +139,16 @@ func (s *SQLiteStore) Close() error { return s.db.Destruct() }
 func (s *SQLiteStore) Identity() string { return "sqlite:" + s.Path }
 
 // sqliteDB is the shared connection pool of one database file.
-type sqliteDB struct{ *sql.DB }
+type sqliteDB struct {
+	*sql.DB
+	maxConns int
+}
 
 func (d *sqliteDB) Destruct() error { return d.Close() }
 
-func openSQLite(path string) (*sqliteDB, error) {
+// openSQLite opens the database file at path with a pool of at most
+// maxConns connections, creating and migrating it as needed.
+func openSQLite(path string, maxConns int) (*sqliteDB, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("creating store directory: %w", err)
 	}
@@ -132,21 +161,40 @@ func openSQLite(path string) (*sqliteDB, error) {
 	_ = os.Chmod(path, 0o600)
 	// Immediate transactions take the write lock up front, so two
 	// processes never deadlock upgrading a read lock; the busy timeout
-	// makes a writer wait for the other instead of failing.
+	// makes a writer wait for the other instead of failing, and ends
+	// sooner when the statement's context does (a lookup's timeout). The
+	// pragmas run on every new connection, so none of them may need a
+	// lock: WAL mode is set once below, and stays set in the file.
 	dsn := "file:" + path + "?_txlock=immediate" +
-		"&_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)" +
+		"&_pragma=busy_timeout(10000)" +
 		"&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("opening store %s: %w", path, err)
 	}
-	d := &sqliteDB{db}
+	// A bounded pool: a flood of lookups waits for a connection (or is
+	// turned away by the keyring's lookup slots) instead of opening one
+	// file descriptor and one thread per request.
+	db.SetMaxOpenConns(maxConns)
+	db.SetMaxIdleConns(maxConns)
+	db.SetConnMaxIdleTime(30 * time.Second)
+	d := &sqliteDB{DB: db, maxConns: maxConns}
+	ctx, cancel := context.WithTimeout(context.Background(), sqliteOpenTimeout)
+	defer cancel()
+	if _, err := db.ExecContext(ctx, `PRAGMA journal_mode=WAL`); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store %s: setting WAL mode: %w", path, err)
+	}
 	if err := d.migrate(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store %s: %w", path, err)
 	}
 	return d, nil
 }
+
+// sqliteOpenTimeout bounds waiting for another process's lock when the
+// store is opened.
+const sqliteOpenTimeout = 15 * time.Second
 
 // sqliteMigrations are applied in order; PRAGMA user_version counts how
 // many a database has. Append, never edit.

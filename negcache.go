@@ -1,0 +1,125 @@
+package postscale
+
+import (
+	"crypto/sha256"
+	"sync"
+	"time"
+)
+
+// unknownKeys remembers key hashes the store answered "not found" for, each
+// until its negative TTL ends. Unlike the ristretto cache in front of it, it
+// has no admission policy and applies every write at once: a repeated
+// unknown key costs one store lookup per negative_ttl, however the other
+// cache judges it and however soon the next request comes.
+//
+// It holds at most unknownKeysCapacity hashes. Past that, a new hash first
+// sweeps the expired ones out of its shard and then, if the shard is still
+// full, pushes out the one that expires first: a flood of distinct made-up
+// keys only ever costs fixed memory.
+//
+// The zero value is not usable; see newUnknownKeys. It is safe for
+// concurrent use; a shard's lock is held for a map operation, never across
+// I/O.
+type unknownKeys struct {
+	shards [unknownKeysShards]unknownShard
+}
+
+type unknownShard struct {
+	mu sync.Mutex
+	m  map[[sha256.Size]byte]unknownKey
+}
+
+// unknownKey is when the store said "not found" and when that answer
+// expires, in unix nanoseconds.
+type unknownKey struct{ loaded, expires int64 }
+
+const (
+	unknownKeysShards   = 64
+	unknownKeysCapacity = 1 << 16 // about 5 MB at most
+	unknownShardCap     = unknownKeysCapacity / unknownKeysShards
+)
+
+func newUnknownKeys() *unknownKeys {
+	u := new(unknownKeys)
+	for i := range u.shards {
+		u.shards[i].m = make(map[[sha256.Size]byte]unknownKey)
+	}
+	return u
+}
+
+func (u *unknownKeys) shard(h *[sha256.Size]byte) *unknownShard {
+	return &u.shards[h[8]%unknownKeysShards]
+}
+
+// get reports whether h is known to be unknown at now, and since when.
+func (u *unknownKeys) get(h *[sha256.Size]byte, now time.Time) (loaded time.Time, ok bool) {
+	s := u.shard(h)
+	s.mu.Lock()
+	v, ok := s.m[*h]
+	s.mu.Unlock()
+	if !ok || now.UnixNano() >= v.expires {
+		return time.Time{}, false
+	}
+	return time.Unix(0, v.loaded), true
+}
+
+// put remembers h as unknown from loaded for ttl.
+func (u *unknownKeys) put(h *[sha256.Size]byte, loaded time.Time, ttl time.Duration) {
+	v := unknownKey{loaded: loaded.UnixNano(), expires: loaded.Add(ttl).UnixNano()}
+	s := u.shard(h)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.m[*h]; !ok && len(s.m) >= unknownShardCap {
+		s.makeRoom(loaded.UnixNano())
+	}
+	s.m[*h] = v
+}
+
+// makeRoom drops the expired hashes of a full shard, or else the one that
+// expires first. Called with s.mu held.
+func (s *unknownShard) makeRoom(now int64) {
+	var first [sha256.Size]byte
+	firstExpires := int64(1<<63 - 1)
+	for h, v := range s.m {
+		if v.expires <= now {
+			delete(s.m, h)
+			continue
+		}
+		if v.expires < firstExpires {
+			first, firstExpires = h, v.expires
+		}
+	}
+	if len(s.m) >= unknownShardCap {
+		delete(s.m, first)
+	}
+}
+
+// forget drops h, when a key with that hash may have been created.
+func (u *unknownKeys) forget(h *[sha256.Size]byte) {
+	s := u.shard(h)
+	s.mu.Lock()
+	delete(s.m, *h)
+	s.mu.Unlock()
+}
+
+// clear drops every hash.
+func (u *unknownKeys) clear() {
+	for i := range u.shards {
+		s := &u.shards[i]
+		s.mu.Lock()
+		clear(s.m)
+		s.mu.Unlock()
+	}
+}
+
+// len is how many hashes are held, expired or not.
+func (u *unknownKeys) len() int {
+	n := 0
+	for i := range u.shards {
+		s := &u.shards[i]
+		s.mu.Lock()
+		n += len(s.m)
+		s.mu.Unlock()
+	}
+	return n
+}
