@@ -524,7 +524,7 @@ func TestKeyringUnknownKeyAmidFlood(t *testing.T) {
 }
 
 // TestUnknownKeysBounded: past its capacity the negative cache pushes out
-// what expires first, and a created key's hash is forgotten at once.
+// older hashes, and a created key's hash is forgotten at once.
 func TestUnknownKeysBounded(t *testing.T) {
 	u := newUnknownKeys()
 	now := time.Unix(1_800_000_000, 0)
@@ -544,7 +544,7 @@ func TestUnknownKeysBounded(t *testing.T) {
 		t.Error("the newest hash was pushed out")
 	}
 	if _, ok := u.get(&hashes[0], now); ok {
-		t.Error("the hash expiring first is still held")
+		t.Error("the first hash is still held although the table overflowed twice over")
 	}
 	if _, ok := u.get(&last, now.Add(2*time.Minute)); ok {
 		t.Error("a hash is still unknown after its TTL")

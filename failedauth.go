@@ -60,8 +60,8 @@ func (f FailedAuth) withDefaults() (FailedAuth, error) {
 
 // guessers counts the guesses of client addresses, for every handler on one
 // store (it lives in the keyring, so a reload keeps the counts). It holds at
-// most guessersCapacity addresses: a full shard first drops the windows
-// that have ended, and then the one that started first, so memory stays
+// most guessersCapacity addresses: a full shard drops the windows that have
+// ended, or else the oldest of a sample (see makeRoom), so memory stays
 // bounded whatever the number of addresses (an attacker with that many
 // addresses is bounded by the lookup slots instead).
 //
@@ -173,24 +173,31 @@ func (g *guessers) release(t guessTicket) {
 	s.mu.Unlock()
 }
 
-// makeRoom drops the windows of a full shard that ended before now, or else
-// the one that started first. Called with s.mu held.
+// makeRoom drops, from a sample of a full shard (map order is random), the
+// windows that ended before now, or else the one that started first: a new
+// address costs a bounded amount of work however full the table is.
+// Called with s.mu held.
 func (s *guesserShard) makeRoom(now, window int64) {
 	var oldest netip.Addr
 	oldestStart := int64(1<<63 - 1)
+	seen := 0
 	for a, v := range s.m {
 		if now-v.start >= window {
 			delete(s.m, a)
-			continue
-		}
-		if v.start < oldestStart {
+		} else if v.start < oldestStart {
 			oldest, oldestStart = a, v.start
+		}
+		if seen++; seen == evictionSample {
+			break
 		}
 	}
 	if len(s.m) >= guesserShardCap {
 		delete(s.m, oldest)
 	}
 }
+
+// evictionSample is how many entries a full table looks at to make room.
+const evictionSample = 32
 
 // len is how many addresses are held.
 func (g *guessers) len() int {

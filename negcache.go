@@ -12,10 +12,10 @@ import (
 // unknown key costs one store lookup per negative_ttl, however the other
 // cache judges it and however soon the next request comes.
 //
-// It holds at most unknownKeysCapacity hashes. Past that, a new hash first
-// sweeps the expired ones out of its shard and then, if the shard is still
-// full, pushes out the one that expires first: a flood of distinct made-up
-// keys only ever costs fixed memory.
+// It holds at most unknownKeysCapacity hashes. Past that, a new hash
+// pushes out expired ones, or else the one of a sample that expires first
+// (see makeRoom): a flood of distinct made-up keys only ever costs fixed
+// memory and fixed work per key.
 //
 // The zero value is not usable; see newUnknownKeys. It is safe for
 // concurrent use; a shard's lock is held for a map operation, never across
@@ -75,18 +75,21 @@ func (u *unknownKeys) put(h *[sha256.Size]byte, loaded time.Time, ttl time.Durat
 	s.m[*h] = v
 }
 
-// makeRoom drops the expired hashes of a full shard, or else the one that
-// expires first. Called with s.mu held.
+// makeRoom drops, from a sample of a full shard (map order is random), the
+// expired hashes, or else the one that expires first: a new hash costs a
+// bounded amount of work however full the table is. Called with s.mu held.
 func (s *unknownShard) makeRoom(now int64) {
 	var first [sha256.Size]byte
 	firstExpires := int64(1<<63 - 1)
+	seen := 0
 	for h, v := range s.m {
 		if v.expires <= now {
 			delete(s.m, h)
-			continue
-		}
-		if v.expires < firstExpires {
+		} else if v.expires < firstExpires {
 			first, firstExpires = h, v.expires
+		}
+		if seen++; seen == evictionSample {
+			break
 		}
 	}
 	if len(s.m) >= unknownShardCap {
