@@ -128,6 +128,10 @@ type keyring struct {
 	// flood of made-up keys holds a bounded number of store connections.
 	inFlight   atomic.Int64
 	maxLookups int64
+	// shed counts misses turned away since the last warning about it, and
+	// shedLogged is when that was (unix nanoseconds): at most one a minute.
+	shed       atomic.Int64
+	shedLogged atomic.Int64
 
 	// usage holds a *usage per key id with requests not yet flushed.
 	usage   sync.Map
@@ -458,6 +462,7 @@ type lookupAnswer struct {
 func (k *keyring) load(ctx context.Context, h [sha256.Size]byte, gen uint64, p lookupPolicy) (*entry, error) {
 	if k.inFlight.Add(1) > k.maxLookups {
 		k.inFlight.Add(-1)
+		k.noteShed()
 		return nil, errLookupsBusy
 	}
 	// The lookup serves every request waiting on it, so it must not end
@@ -506,6 +511,23 @@ func (k *keyring) load(ctx context.Context, h [sha256.Size]byte, gen uint64, p l
 		k.logger.Info("key store lookups work again")
 	}
 	return e, nil
+}
+
+// shedLogEvery is how often, at most, turned-away misses are logged.
+const shedLogEvery = time.Minute
+
+// noteShed counts a miss turned away for want of a lookup slot, and warns
+// about them at most once every shedLogEvery.
+func (k *keyring) noteShed() {
+	n := k.shed.Add(1)
+	now := time.Now().UnixNano()
+	last := k.shedLogged.Load()
+	if now-last < int64(shedLogEvery) || !k.shedLogged.CompareAndSwap(last, now) {
+		return
+	}
+	k.shed.Add(-n)
+	k.logger.Warn("every key lookup slot is taken: uncached keys get 503 until the store answers faster (logged at most once a minute)",
+		zap.Int64("lookup_slots", k.maxLookups), zap.Int64("turned_away", n))
 }
 
 // putUnknown remembers h as unknown from now for ttl, and drops any found

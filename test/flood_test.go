@@ -95,7 +95,8 @@ func TestFloodOfMadeUpKeysWhileStoreHangs(t *testing.T) {
 	store := storePath(t)
 	// The flood comes from a thousand addresses, so failed_auth, which
 	// would stop one address after 100 guesses, does not bound it.
-	loadConfig(t, globalOptions(trustLoopback)+gatewaySite(store, backend.addr(),
+	logPath := filepath.Join(t.TempDir(), "caddy.log")
+	loadConfig(t, globalOptions(trustLoopback+logOptions(logPath))+gatewaySite(store, backend.addr(),
 		"plan bulk 100000\n\t\tcache_ttl 10m\n\t\tlookup_timeout "+lookupTimeout.String()), "caddyfile")
 	createAccount(t, "acme", "bulk")
 	cached := createKey(t, "acme", "warm", "live")
@@ -117,6 +118,7 @@ func TestFloodOfMadeUpKeysWhileStoreHangs(t *testing.T) {
 		}
 	}
 	baseThreads, baseFiles := procThreads(t), openFiles(t, store)
+	logStart := logSize(t, logPath)
 
 	// Hang the store: every lookup waits at the gate, deaf to its context.
 	storeGate.mu.Lock()
@@ -280,6 +282,13 @@ func TestFloodOfMadeUpKeysWhileStoreHangs(t *testing.T) {
 	}
 	t.Logf("sustained flood: %d made-up keys in 2s from 32 clients, %d answered 503, %v store lookups started; cached key p50 %v, p99 %v during the flood; p50 %v, p99 %v quiet",
 		sent.Load(), shed.Load(), floodLookups, pct(floodTimes, 0.5), pct(floodTimes, 0.99), pct(quietTimes, 0.5), pct(quietTimes, 0.99))
+
+	// Thousands of misses turned away, one warning; nothing per request.
+	lines := readJSONLog(t, logPath, logStart)
+	if n := countMsg(lines, "every key lookup slot is taken"); n != 1 {
+		t.Errorf("warnings about turned-away lookups during the flood: %d, want 1", n)
+	}
+	checkNoLinePerRequest(t, lines)
 
 	// The store answers again: lookups work without a restart, and the
 	// connections go back into the pool.
