@@ -112,7 +112,6 @@ type storeFault struct {
 	name          string
 	apply, repair func(t *testing.T)
 	feed          bool
-	pending       string
 }
 
 // faultGateway is a running gateway whose store the faults break.
@@ -126,9 +125,6 @@ type faultGateway struct {
 func runStoreFaults(t *testing.T, g *faultGateway, faults []storeFault) {
 	for i, f := range faults {
 		ok := t.Run(f.name, func(t *testing.T) {
-			if f.pending != "" {
-				t.Logf("depends on the fix of %s", f.pending)
-			}
 			uncached := createKey(t, "acme", "cold "+f.name, "live").Key // never used: not cached
 			// The store's change feed reports that creation (and drops its
 			// hash from the cache) up to a poll interval later; a cached
