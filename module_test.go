@@ -294,3 +294,53 @@ func TestProtectLeavesOpenPathsButStripsHeaders(t *testing.T) {
 		t.Errorf("protected path without a key: status %d, next called %d times; want 401 and not passed on", w.Code, next.calls)
 	}
 }
+
+// BenchmarkUnknownKey measures a well-formed key the store does not know,
+// answered from the negative cache (failed_auth off).
+func BenchmarkUnknownKey(b *testing.B) {
+	s := newFakeStore()
+	h := newTestHandler(b, s, unlimited)
+	key, _ := NewKey(ModeLive)
+	auth := []string{"Bearer " + key}
+	r, _ := newRequest("")
+	w := httptest.NewRecorder()
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	b.ReportAllocs()
+	for b.Loop() {
+		r.Header["Authorization"] = auth
+		w.Body.Reset()
+		_ = h.ServeHTTP(w, r, next)
+	}
+	if n := s.lookups.Load(); n != 1 {
+		b.Fatalf("a repeated unknown key reached the store %d times, want 1", n)
+	}
+}
+
+// BenchmarkThrottledAddress measures an unknown key from an address that
+// has used up its failed_auth guesses: answered 429 without a lookup.
+func BenchmarkThrottledAddress(b *testing.B) {
+	s := newFakeStore()
+	h := newTestHandler(b, s, unlimited)
+	h.guessLimit = &FailedAuth{Count: 1, Window: caddy.Duration(time.Hour)}
+	r, _ := newRequest("")
+	r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: "203.0.113.9"}))
+	keys := make([][]string, 1024)
+	for i := range keys {
+		k, _ := NewKey(ModeLive)
+		keys[i] = []string{"Bearer " + k}
+	}
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	w := httptest.NewRecorder()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		r.Header["Authorization"] = keys[i%len(keys)]
+		i++
+		w.Body.Reset()
+		clear(w.Header())
+		_ = h.ServeHTTP(w, r, next)
+	}
+	if n := s.lookups.Load(); n != 1 {
+		b.Fatalf("a throttled address reached the store %d times, want 1", n)
+	}
+}
