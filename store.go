@@ -76,6 +76,18 @@ type Store interface {
 	// is not a change that caches need to hear about.
 	RecordUsage(ctx context.Context, usage []Usage) error
 
+	// RecordAccountUsage adds, in one transaction, request counts of
+	// accounts: per quota period (periods) and per hour (hours), and drops
+	// the hours before dropBefore. It returns each period's live and test
+	// totals after the add, in the order of periods, so that replicas
+	// sharing the store learn each other's counts. Like RecordUsage it is
+	// called in batches, off the request path.
+	RecordAccountUsage(ctx context.Context, periods []PeriodUsage, hours []HourUsage, dropBefore time.Time) ([]PeriodUsage, error)
+	// AccountUsage returns an account's counts of the period that starts
+	// at periodStart (zero counts if none were recorded) and its hours
+	// from since on, oldest first, or ErrNotFound for no such account.
+	AccountUsage(ctx context.Context, account string, periodStart, since time.Time) (PeriodUsage, []HourUsage, error)
+
 	// Watch calls fn for every change to a key or an account made through
 	// any process sharing the store, until ctx is done, when it returns
 	// ctx.Err(). Once it has found its place in the store's changes (and
@@ -116,9 +128,47 @@ type Account struct {
 	Plan string `json:"plan"`
 	// Rate and Burst are the custom limits of an enterprise account, in
 	// requests per second and requests; zero elsewhere.
-	Rate      float64   `json:"rate,omitempty"`
-	Burst     int       `json:"burst,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
+	Rate  float64 `json:"rate,omitempty"`
+	Burst int     `json:"burst,omitempty"`
+	// Quota is the account's own quota, over its plan's; nil: the plan's.
+	Quota *Quota `json:"quota,omitempty"`
+	// QuotaAnchor is when the account's quota periods start from (its
+	// billing day); nil: its creation.
+	QuotaAnchor *time.Time `json:"quota_anchor,omitempty"`
+	CreatedAt   time.Time  `json:"created_at"`
+
+	// Used is the account's most recent quota period with counts in the
+	// store, as LookupKey found it (nil: none), from which a gateway
+	// starts counting without another round trip. Other calls leave it
+	// nil.
+	Used *PeriodUsage `json:"-"`
+}
+
+// anchor is when the account's quota periods start from.
+func (a Account) anchor() time.Time {
+	if a.QuotaAnchor != nil {
+		return *a.QuotaAnchor
+	}
+	return a.CreatedAt
+}
+
+// PeriodUsage is an account's requests in one quota period: the live ones
+// that counted towards its quota, and the test ones.
+type PeriodUsage struct {
+	Account string
+	Start   time.Time
+	Live    int64
+	Test    int64
+}
+
+// HourUsage is an account's requests in the hour that starts at Hour:
+// admitted, and refused (by its rate limit, its quota, a scope, or as
+// revoked or expired).
+type HourUsage struct {
+	Account  string    `json:"-"`
+	Hour     time.Time `json:"hour"`
+	Admitted int64     `json:"admitted"`
+	Refused  int64     `json:"refused"`
 }
 
 // KeyRecord is everything kept about a key except the key itself.

@@ -34,6 +34,7 @@ func testStoreContract(t *testing.T, open func(t *testing.T) Store) {
 			for _, want := range []Account{
 				{ID: "acme", Plan: "growth", CreatedAt: contractT0},
 				{ID: "big-corp_1", Plan: "enterprise", Rate: 12.5, Burst: 40, CreatedAt: contractT0.Add(time.Hour + 7*time.Microsecond)},
+				{ID: "quota", Plan: "growth", Quota: &Quota{Count: 50000, Period: PeriodMonth}, QuotaAnchor: ptr(contractT0.Add(-40 * 24 * time.Hour)), CreatedAt: contractT0},
 			} {
 				if err := s.CreateAccount(ctx, want); err != nil {
 					t.Fatalf("CreateAccount(%q): %v", want.ID, err)
@@ -348,6 +349,7 @@ func testStoreContract(t *testing.T, open func(t *testing.T) Store) {
 			a := contractCreateAccount(t, s, "acme")
 			k := contractCreateKey(t, s, "acme", contractT0)
 			a.Plan, a.Rate, a.Burst = "enterprise", 250, 400
+			a.Quota, a.QuotaAnchor = &Quota{Count: 9, Period: PeriodDay}, ptr(contractT0.Add(3*time.Hour))
 			got, err := s.UpdateAccount(t.Context(), "acme", func(Account) (Account, error) { return a, nil })
 			if err != nil {
 				t.Fatalf("UpdateAccount: %v", err)
@@ -530,6 +532,71 @@ func testStoreContract(t *testing.T, open func(t *testing.T) Store) {
 		if got.Requests != 7 || got.LastUsedAt == nil || !got.LastUsedAt.Equal(later) {
 			t.Errorf("after usage batches: %d requests, last used %s; want 7 and %s (never moved back)",
 				got.Requests, contractFmtTimePtr(got.LastUsedAt), contractFmtTime(later))
+		}
+	})
+
+	t.Run("AccountUsage", func(t *testing.T) {
+		s := open(t)
+		ctx := t.Context()
+		contractCreateAccount(t, s, "acme")
+		contractCreateAccount(t, s, "globex")
+		key := contractCreateKey(t, s, "acme", contractT0)
+		may, june := contractT0.Add(-30*24*time.Hour), contractT0
+
+		// A key of an account without counts: no Used.
+		if _, a, err := s.LookupKey(ctx, key.Hash); err != nil || a.Used != nil {
+			t.Fatalf("LookupKey before any counts: Used %+v, err %v; want nil", a.Used, err)
+		}
+		totals, err := s.RecordAccountUsage(ctx, []PeriodUsage{
+			{Account: "acme", Start: may, Live: 7, Test: 1},
+			{Account: "globex", Start: june, Live: 2},
+		}, nil, time.Time{})
+		if err != nil {
+			t.Fatalf("RecordAccountUsage: %v", err)
+		}
+		if len(totals) != 2 || totals[0].Live != 7 || totals[0].Test != 1 || totals[1].Live != 2 {
+			t.Fatalf("RecordAccountUsage totals: %+v", totals)
+		}
+		// Adds, returning the totals in the order given.
+		totals, err = s.RecordAccountUsage(ctx, []PeriodUsage{
+			{Account: "globex", Start: june, Live: 3, Test: 4},
+			{Account: "acme", Start: june, Live: 5},
+			{Account: "acme", Start: may, Live: 1},
+		}, []HourUsage{
+			{Account: "acme", Hour: june.Add(-50 * time.Hour), Admitted: 9},
+			{Account: "acme", Hour: june.Add(-time.Hour), Admitted: 3, Refused: 1},
+			{Account: "acme", Hour: june, Admitted: 2},
+		}, june.Add(-48*time.Hour))
+		if err != nil {
+			t.Fatalf("RecordAccountUsage: %v", err)
+		}
+		want := []PeriodUsage{{"globex", june, 5, 4}, {"acme", june, 5, 0}, {"acme", may, 8, 1}}
+		for i, w := range want {
+			if g := totals[i]; g.Account != w.Account || !g.Start.Equal(w.Start) || g.Live != w.Live || g.Test != w.Test {
+				t.Errorf("total %d: got %+v, want %+v", i, g, w)
+			}
+		}
+		// The most recent period comes with the key.
+		if _, a, err := s.LookupKey(ctx, key.Hash); err != nil || a.Used == nil || !a.Used.Start.Equal(june) || a.Used.Live != 5 {
+			t.Errorf("LookupKey: Used %+v, err %v; want the June period with 5 live", a.Used, err)
+		}
+		p, hours, err := s.AccountUsage(ctx, "acme", may, june.Add(-60*time.Hour))
+		if err != nil {
+			t.Fatalf("AccountUsage: %v", err)
+		}
+		if p.Live != 8 || p.Test != 1 {
+			t.Errorf("AccountUsage period: %+v, want 8 live, 1 test", p)
+		}
+		// The hour older than 48h was dropped; the rest oldest first.
+		if len(hours) != 2 || !hours[0].Hour.Equal(june.Add(-time.Hour)) || hours[0].Admitted != 3 || hours[0].Refused != 1 ||
+			!hours[1].Hour.Equal(june) || hours[1].Admitted != 2 {
+			t.Errorf("AccountUsage hours: %+v", hours)
+		}
+		if p, _, err := s.AccountUsage(ctx, "globex", may, june); err != nil || p.Live != 0 || p.Test != 0 {
+			t.Errorf("AccountUsage of a period without counts: %+v, %v; want zeros", p, err)
+		}
+		if _, _, err := s.AccountUsage(ctx, "nobody", may, june); !errors.Is(err, ErrNotFound) {
+			t.Errorf("AccountUsage(unknown account) error = %v, want ErrNotFound", err)
 		}
 	})
 
@@ -875,6 +942,12 @@ func contractCheckAccount(t *testing.T, what string, got, want Account) {
 	if !got.CreatedAt.Equal(want.CreatedAt) {
 		t.Errorf("%s: CreatedAt = %v, want %v", what, contractFmtTime(got.CreatedAt), contractFmtTime(want.CreatedAt))
 	}
+	if (got.Quota == nil) != (want.Quota == nil) || (got.Quota != nil && *got.Quota != *want.Quota) {
+		t.Errorf("%s: Quota = %v, want %v", what, got.Quota, want.Quota)
+	}
+	if contractFmtTimePtr(got.QuotaAnchor) != contractFmtTimePtr(want.QuotaAnchor) {
+		t.Errorf("%s: QuotaAnchor = %v, want %v", what, contractFmtTimePtr(got.QuotaAnchor), contractFmtTimePtr(want.QuotaAnchor))
+	}
 }
 
 // contractCheckKey compares every field of a key record; times compare as
@@ -1077,3 +1150,5 @@ func (w *contractWatch) waitFor(t *testing.T, what string, h [sha256.Size]byte, 
 		}
 	}
 }
+
+func ptr[T any](v T) *T { return &v }

@@ -330,6 +330,25 @@ var postgresMigrations = []string{
 	);
 	CREATE INDEX postscale_keys_account ON postscale_keys (account, created_at);`,
 	`ALTER TABLE postscale_keys ADD COLUMN deprecated_at timestamptz;`,
+	`ALTER TABLE postscale_accounts
+		ADD COLUMN quota_count bigint NOT NULL DEFAULT 0,
+		ADD COLUMN quota_period text NOT NULL DEFAULT '',
+		ADD COLUMN quota_anchor timestamptz;
+	CREATE TABLE postscale_quota_usage (
+		account      text NOT NULL,
+		period_start timestamptz NOT NULL,
+		live         bigint NOT NULL DEFAULT 0,
+		test         bigint NOT NULL DEFAULT 0,
+		PRIMARY KEY (account, period_start)
+	);
+	CREATE TABLE postscale_hourly_usage (
+		account  text NOT NULL,
+		hour     timestamptz NOT NULL,
+		admitted bigint NOT NULL DEFAULT 0,
+		refused  bigint NOT NULL DEFAULT 0,
+		PRIMARY KEY (account, hour)
+	);
+	CREATE INDEX postscale_hourly_usage_hour ON postscale_hourly_usage (hour);`,
 }
 
 // migrate brings the schema up to date in one transaction that holds an
@@ -377,7 +396,39 @@ func (d *postgresDB) migrate(ctx context.Context) error {
 const pgKeyColumns = `k.id, k.hash, k.account, k.name, k.mode, k.scopes, k.redacted, k.legacy,
 	k.created_at, k.expires_at, k.revoked_at, k.last_used_at, k.deprecated_at, k.use_count`
 
-const pgAccountColumns = `a.id, a.plan, a.rate, a.burst, a.created_at`
+const pgAccountColumns = `a.id, a.plan, a.rate, a.burst, a.created_at, a.quota_count, a.quota_period, a.quota_anchor`
+
+// pgAccountCols receives a row of pgAccountColumns.
+type pgAccountCols struct {
+	a           Account
+	quotaCount  int64
+	quotaPeriod string
+}
+
+func (c *pgAccountCols) dest() []any {
+	return []any{&c.a.ID, &c.a.Plan, &c.a.Rate, &c.a.Burst, &c.a.CreatedAt, &c.quotaCount, &c.quotaPeriod, &c.a.QuotaAnchor}
+}
+
+func (c *pgAccountCols) account() Account {
+	a := c.a
+	a.CreatedAt = a.CreatedAt.UTC()
+	if c.quotaCount > 0 {
+		a.Quota = &Quota{Count: c.quotaCount, Period: Period(c.quotaPeriod)}
+	}
+	if a.QuotaAnchor != nil {
+		t := a.QuotaAnchor.UTC()
+		a.QuotaAnchor = &t
+	}
+	return a
+}
+
+// pgQuotaArgs are the quota columns' values of a.
+func pgQuotaArgs(a Account) (count int64, period string, anchor *time.Time) {
+	if a.Quota != nil {
+		count, period = a.Quota.Count, string(a.Quota.Period)
+	}
+	return count, period, a.QuotaAnchor
+}
 
 // pgScanKey reads a row of pgKeyColumns, then extra.
 func pgScanKey(row rowScanner, extra ...any) (KeyRecord, error) {
@@ -410,35 +461,44 @@ func pgScanKey(row rowScanner, extra ...any) (KeyRecord, error) {
 
 // pgScanAccount reads a row of pgAccountColumns.
 func pgScanAccount(row rowScanner) (Account, error) {
-	var a Account
-	if err := row.Scan(&a.ID, &a.Plan, &a.Rate, &a.Burst, &a.CreatedAt); err != nil {
+	var c pgAccountCols
+	if err := row.Scan(c.dest()...); err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {
 			return Account{}, ErrNotFound
 		}
 		return Account{}, err
 	}
-	a.CreatedAt = a.CreatedAt.UTC()
-	return a, nil
+	return c.account(), nil
 }
 
 // LookupKey implements Store.
 func (s *PostgresStore) LookupKey(ctx context.Context, h [sha256.Size]byte) (KeyRecord, Account, error) {
-	var a Account
-	row := s.db.pool.QueryRow(ctx, `SELECT `+pgKeyColumns+`, `+pgAccountColumns+`
-		FROM postscale_keys k JOIN postscale_accounts a ON a.id = k.account WHERE k.hash = $1`, h[:])
-	k, err := pgScanKey(row, &a.ID, &a.Plan, &a.Rate, &a.Burst, &a.CreatedAt)
+	var c pgAccountCols
+	var usedStart *time.Time
+	var usedLive, usedTest *int64
+	row := s.db.pool.QueryRow(ctx, `SELECT `+pgKeyColumns+`, `+pgAccountColumns+`, q.period_start, q.live, q.test
+		FROM postscale_keys k JOIN postscale_accounts a ON a.id = k.account
+		LEFT JOIN LATERAL (SELECT period_start, live, test FROM postscale_quota_usage
+			WHERE account = a.id ORDER BY period_start DESC LIMIT 1) q ON true
+		WHERE k.hash = $1`, h[:])
+	k, err := pgScanKey(row, append(c.dest(), &usedStart, &usedLive, &usedTest)...)
 	if err != nil {
 		return KeyRecord{}, Account{}, err
 	}
-	a.CreatedAt = a.CreatedAt.UTC()
+	a := c.account()
+	if usedStart != nil {
+		a.Used = &PeriodUsage{Account: a.ID, Start: usedStart.UTC(), Live: *usedLive, Test: *usedTest}
+	}
 	return k, a, nil
 }
 
 // CreateAccount implements Store. A new account has no cached keys, so
 // it notifies nobody.
 func (s *PostgresStore) CreateAccount(ctx context.Context, a Account) error {
-	_, err := s.db.pool.Exec(ctx, `INSERT INTO postscale_accounts (id, plan, rate, burst, created_at) VALUES ($1, $2, $3, $4, $5)`,
-		a.ID, a.Plan, a.Rate, a.Burst, a.CreatedAt)
+	qc, qp, qa := pgQuotaArgs(a)
+	_, err := s.db.pool.Exec(ctx, `INSERT INTO postscale_accounts (id, plan, rate, burst, created_at, quota_count, quota_period, quota_anchor)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+		a.ID, a.Plan, a.Rate, a.Burst, a.CreatedAt, qc, qp, qa)
 	return postgresErr(err)
 }
 
@@ -460,8 +520,10 @@ func (s *PostgresStore) UpdateAccount(ctx context.Context, id string, update fun
 			return nil, err
 		}
 		updated.ID, updated.CreatedAt = a.ID, a.CreatedAt
-		if _, err := tx.Exec(ctx, `UPDATE postscale_accounts SET plan = $1, rate = $2, burst = $3 WHERE id = $4`,
-			updated.Plan, updated.Rate, updated.Burst, id); err != nil {
+		qc, qp, qa := pgQuotaArgs(updated)
+		if _, err := tx.Exec(ctx, `UPDATE postscale_accounts SET plan = $1, rate = $2, burst = $3,
+			quota_count = $4, quota_period = $5, quota_anchor = $6 WHERE id = $7`,
+			updated.Plan, updated.Rate, updated.Burst, qc, qp, qa, id); err != nil {
 			return nil, err
 		}
 		return []string{accountHint(id)}, nil
@@ -537,6 +599,93 @@ func (s *PostgresStore) RollKey(ctx context.Context, id string, next KeyRecord, 
 		return KeyRecord{}, err
 	}
 	return old, nil
+}
+
+// RecordAccountUsage implements Store. Rows are written in (account,
+// period) and (account, hour) order, so replicas flushing at once take
+// their row locks in the same order and never deadlock.
+func (s *PostgresStore) RecordAccountUsage(ctx context.Context, periods []PeriodUsage, hours []HourUsage, dropBefore time.Time) ([]PeriodUsage, error) {
+	type pk struct {
+		account string
+		start   time.Time
+	}
+	sorted := slices.Clone(periods)
+	slices.SortFunc(sorted, func(a, b PeriodUsage) int {
+		return cmp.Or(cmp.Compare(a.Account, b.Account), a.Start.Compare(b.Start))
+	})
+	hs := slices.Clone(hours)
+	slices.SortFunc(hs, func(a, b HourUsage) int {
+		return cmp.Or(cmp.Compare(a.Account, b.Account), a.Hour.Compare(b.Hour))
+	})
+	totals := make(map[pk]PeriodUsage, len(periods))
+	err := pgx.BeginFunc(ctx, s.db.pool, func(tx pgx.Tx) error {
+		for _, p := range sorted {
+			t := PeriodUsage{Account: p.Account, Start: p.Start}
+			if err := tx.QueryRow(ctx, `INSERT INTO postscale_quota_usage AS q (account, period_start, live, test) VALUES ($1, $2, $3, $4)
+				ON CONFLICT (account, period_start) DO UPDATE SET live = q.live + excluded.live, test = q.test + excluded.test
+				RETURNING live, test`, p.Account, p.Start, p.Live, p.Test).Scan(&t.Live, &t.Test); err != nil {
+				return err
+			}
+			totals[pk{p.Account, p.Start.UTC()}] = t
+		}
+		if len(hs) == 0 {
+			return nil
+		}
+		var (
+			accounts          []string
+			at                []time.Time
+			admitted, refused []int64
+		)
+		for _, h := range hs {
+			accounts, at = append(accounts, h.Account), append(at, h.Hour)
+			admitted, refused = append(admitted, h.Admitted), append(refused, h.Refused)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO postscale_hourly_usage AS h (account, hour, admitted, refused)
+			SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::bigint[])
+			ON CONFLICT (account, hour) DO UPDATE SET admitted = h.admitted + excluded.admitted, refused = h.refused + excluded.refused`,
+			accounts, at, admitted, refused); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `DELETE FROM postscale_hourly_usage WHERE hour < $1`, dropBefore)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]PeriodUsage, len(periods))
+	for i, p := range periods {
+		out[i] = totals[pk{p.Account, p.Start.UTC()}]
+	}
+	return out, nil
+}
+
+// AccountUsage implements Store.
+func (s *PostgresStore) AccountUsage(ctx context.Context, account string, periodStart, since time.Time) (PeriodUsage, []HourUsage, error) {
+	p := PeriodUsage{Account: account, Start: periodStart.UTC()}
+	if _, err := s.GetAccount(ctx, account); err != nil {
+		return p, nil, err
+	}
+	err := s.db.pool.QueryRow(ctx, `SELECT live, test FROM postscale_quota_usage WHERE account = $1 AND period_start = $2`,
+		account, periodStart).Scan(&p.Live, &p.Test)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return p, nil, err
+	}
+	rows, err := s.db.pool.Query(ctx, `SELECT hour, admitted, refused FROM postscale_hourly_usage
+		WHERE account = $1 AND hour >= $2 ORDER BY hour`, account, since)
+	if err != nil {
+		return p, nil, err
+	}
+	defer rows.Close()
+	hours := []HourUsage{}
+	for rows.Next() {
+		h := HourUsage{Account: account}
+		if err := rows.Scan(&h.Hour, &h.Admitted, &h.Refused); err != nil {
+			return p, nil, err
+		}
+		h.Hour = h.Hour.UTC()
+		hours = append(hours, h)
+	}
+	return p, hours, rows.Err()
 }
 
 // RecordUsage implements Store, in one round trip: the batch runs as one

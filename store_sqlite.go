@@ -229,6 +229,24 @@ var sqliteMigrations = []string{
 		at       INTEGER NOT NULL
 	);`,
 	`ALTER TABLE keys ADD COLUMN deprecated_at INTEGER;`,
+	`ALTER TABLE accounts ADD COLUMN quota_count INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE accounts ADD COLUMN quota_period TEXT NOT NULL DEFAULT '';
+	ALTER TABLE accounts ADD COLUMN quota_anchor INTEGER;
+	CREATE TABLE quota_usage (
+		account      TEXT NOT NULL,
+		period_start INTEGER NOT NULL,
+		live         INTEGER NOT NULL DEFAULT 0,
+		test         INTEGER NOT NULL DEFAULT 0,
+		PRIMARY KEY (account, period_start)
+	);
+	CREATE TABLE hourly_usage (
+		account  TEXT NOT NULL,
+		hour     INTEGER NOT NULL,
+		admitted INTEGER NOT NULL DEFAULT 0,
+		refused  INTEGER NOT NULL DEFAULT 0,
+		PRIMARY KEY (account, hour)
+	);
+	CREATE INDEX hourly_usage_hour ON hourly_usage (hour);`,
 }
 
 // migrate brings the schema up to date inside one write transaction, so two
@@ -311,19 +329,61 @@ func timeArg(t *time.Time) any {
 
 // LookupKey implements Store.
 func (s *SQLiteStore) LookupKey(ctx context.Context, h [sha256.Size]byte) (KeyRecord, Account, error) {
-	var a Account
-	var acreated int64
-	row := s.db.QueryRowContext(ctx, `SELECT `+keyColumns+`, a.id, a.plan, a.rate, a.burst, a.created_at
-		FROM keys k JOIN accounts a ON a.id = k.account WHERE k.hash = ?`, h[:])
-	k, err := scanKey(row, &a.ID, &a.Plan, &a.Rate, &a.Burst, &acreated)
-	a.CreatedAt = time.Unix(0, acreated).UTC()
-	return k, a, err
+	var ac accountCols
+	var usedStart, usedLive, usedTest sql.NullInt64
+	row := s.db.QueryRowContext(ctx, `SELECT `+keyColumns+`, `+accountColumnsOf("a")+`, q.period_start, q.live, q.test
+		FROM keys k JOIN accounts a ON a.id = k.account
+		LEFT JOIN quota_usage q ON q.account = a.id
+			AND q.period_start = (SELECT max(period_start) FROM quota_usage WHERE account = a.id)
+		WHERE k.hash = ?`, h[:])
+	k, err := scanKey(row, append(ac.dest(), &usedStart, &usedLive, &usedTest)...)
+	if err != nil {
+		return k, Account{}, err
+	}
+	a := ac.account()
+	if usedStart.Valid {
+		a.Used = &PeriodUsage{Account: a.ID, Start: time.Unix(0, usedStart.Int64).UTC(), Live: usedLive.Int64, Test: usedTest.Int64}
+	}
+	return k, a, nil
+}
+
+// accountCols receives a row of accountColumns.
+type accountCols struct {
+	a           Account
+	created     int64
+	quotaCount  int64
+	quotaPeriod string
+	quotaAnchor sql.NullInt64
+}
+
+func (c *accountCols) dest() []any {
+	return []any{&c.a.ID, &c.a.Plan, &c.a.Rate, &c.a.Burst, &c.created, &c.quotaCount, &c.quotaPeriod, &c.quotaAnchor}
+}
+
+func (c *accountCols) account() Account {
+	a := c.a
+	a.CreatedAt = time.Unix(0, c.created).UTC()
+	if c.quotaCount > 0 {
+		a.Quota = &Quota{Count: c.quotaCount, Period: Period(c.quotaPeriod)}
+	}
+	a.QuotaAnchor = nullTime(c.quotaAnchor)
+	return a
+}
+
+// quotaArgs are the quota columns' values of a.
+func quotaArgs(a Account) (count int64, period string, anchor any) {
+	if a.Quota != nil {
+		count, period = a.Quota.Count, string(a.Quota.Period)
+	}
+	return count, period, timeArg(a.QuotaAnchor)
 }
 
 // CreateAccount implements Store.
 func (s *SQLiteStore) CreateAccount(ctx context.Context, a Account) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO accounts (id, plan, rate, burst, created_at) VALUES (?, ?, ?, ?, ?)`,
-		a.ID, a.Plan, a.Rate, a.Burst, a.CreatedAt.UnixNano())
+	qc, qp, qa := quotaArgs(a)
+	_, err := s.db.ExecContext(ctx, `INSERT INTO accounts (id, plan, rate, burst, created_at, quota_count, quota_period, quota_anchor)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		a.ID, a.Plan, a.Rate, a.Burst, a.CreatedAt.UnixNano(), qc, qp, qa)
 	return sqliteErr(err)
 }
 
@@ -332,17 +392,26 @@ func (s *SQLiteStore) GetAccount(ctx context.Context, id string) (Account, error
 	return scanAccount(s.db.QueryRowContext(ctx, `SELECT `+accountColumns+` FROM accounts WHERE id = ?`, id))
 }
 
-const accountColumns = `id, plan, rate, burst, created_at`
+var accountColumns = accountColumnsOf("")
+
+// accountColumnsOf lists an account's columns, of table alias t.
+func accountColumnsOf(t string) string {
+	if t != "" {
+		t += "."
+	}
+	return strings.NewReplacer("$", t).Replace(`$id, $plan, $rate, $burst, $created_at, $quota_count, $quota_period, $quota_anchor`)
+}
 
 func scanAccount(row rowScanner) (Account, error) {
-	var a Account
-	var created int64
-	err := row.Scan(&a.ID, &a.Plan, &a.Rate, &a.Burst, &created)
+	var c accountCols
+	err := row.Scan(c.dest()...)
 	if errors.Is(err, sql.ErrNoRows) {
-		return a, ErrNotFound
+		return Account{}, ErrNotFound
 	}
-	a.CreatedAt = time.Unix(0, created).UTC()
-	return a, err
+	if err != nil {
+		return Account{}, err
+	}
+	return c.account(), nil
 }
 
 // UpdateAccount implements Store. The write transaction is immediate, so
@@ -358,8 +427,10 @@ func (s *SQLiteStore) UpdateAccount(ctx context.Context, id string, update func(
 			return err
 		}
 		updated.ID, updated.CreatedAt = a.ID, a.CreatedAt
-		_, err = tx.ExecContext(ctx, `UPDATE accounts SET plan = ?, rate = ?, burst = ? WHERE id = ?`,
-			updated.Plan, updated.Rate, updated.Burst, id)
+		qc, qp, qa := quotaArgs(updated)
+		_, err = tx.ExecContext(ctx, `UPDATE accounts SET plan = ?, rate = ?, burst = ?,
+			quota_count = ?, quota_period = ?, quota_anchor = ? WHERE id = ?`,
+			updated.Plan, updated.Rate, updated.Burst, qc, qp, qa, id)
 		return err
 	})
 	if err != nil {
@@ -441,6 +512,68 @@ func (s *SQLiteStore) RecordUsage(ctx context.Context, usage []Usage) error {
 		}
 	}
 	return tx.Commit()
+}
+
+// RecordAccountUsage implements Store.
+func (s *SQLiteStore) RecordAccountUsage(ctx context.Context, periods []PeriodUsage, hours []HourUsage, dropBefore time.Time) ([]PeriodUsage, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+	totals := make([]PeriodUsage, len(periods))
+	for i, p := range periods {
+		t := PeriodUsage{Account: p.Account, Start: p.Start}
+		if err := tx.QueryRowContext(ctx, `INSERT INTO quota_usage (account, period_start, live, test) VALUES (?, ?, ?, ?)
+			ON CONFLICT (account, period_start) DO UPDATE SET live = live + excluded.live, test = test + excluded.test
+			RETURNING live, test`, p.Account, p.Start.UnixNano(), p.Live, p.Test).Scan(&t.Live, &t.Test); err != nil {
+			return nil, err
+		}
+		totals[i] = t
+	}
+	for _, h := range hours {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO hourly_usage (account, hour, admitted, refused) VALUES (?, ?, ?, ?)
+			ON CONFLICT (account, hour) DO UPDATE SET admitted = admitted + excluded.admitted, refused = refused + excluded.refused`,
+			h.Account, h.Hour.UnixNano(), h.Admitted, h.Refused); err != nil {
+			return nil, err
+		}
+	}
+	if len(hours) > 0 {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM hourly_usage WHERE hour < ?`, dropBefore.UnixNano()); err != nil {
+			return nil, err
+		}
+	}
+	return totals, tx.Commit()
+}
+
+// AccountUsage implements Store.
+func (s *SQLiteStore) AccountUsage(ctx context.Context, account string, periodStart, since time.Time) (PeriodUsage, []HourUsage, error) {
+	p := PeriodUsage{Account: account, Start: periodStart.UTC()}
+	if _, err := s.GetAccount(ctx, account); err != nil {
+		return p, nil, err
+	}
+	err := s.db.QueryRowContext(ctx, `SELECT live, test FROM quota_usage WHERE account = ? AND period_start = ?`,
+		account, periodStart.UnixNano()).Scan(&p.Live, &p.Test)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return p, nil, err
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT hour, admitted, refused FROM hourly_usage WHERE account = ? AND hour >= ? ORDER BY hour`,
+		account, since.UnixNano())
+	if err != nil {
+		return p, nil, err
+	}
+	defer rows.Close()
+	hours := []HourUsage{}
+	for rows.Next() {
+		h := HourUsage{Account: account}
+		var at int64
+		if err := rows.Scan(&at, &h.Admitted, &h.Refused); err != nil {
+			return p, nil, err
+		}
+		h.Hour = time.Unix(0, at).UTC()
+		hours = append(hours, h)
+	}
+	return p, hours, rows.Err()
 }
 
 // GetKey implements Store.
