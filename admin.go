@@ -67,7 +67,8 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: err}
 	}
-	m := storeManager{store: k.store, now: time.Now, changed: k.apply, plans: plans}
+	app, _ := a.ctx.AppIfConfigured("postscale")
+	m := storeManager{store: k.store, now: time.Now, changed: k.apply, plans: plans, planQuotas: app.(*App).quotas(k.store.Identity())}
 	ctx := r.Context()
 	if strings.HasPrefix(r.URL.Path, adminPrefix+"keys") {
 		// Key records show usage up to this request, not up to the last
@@ -97,6 +98,14 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		}
 		out, err = withBody(r, m.CreateAccount)
 		status = http.StatusCreated
+	case collection == "accounts" && action == "usage":
+		if r.Method != http.MethodGet {
+			return method(http.MethodGet)
+		}
+		// Counts up to this request, not up to the last flush.
+		k.flushQuotas(ctx, time.Now())
+		k.flushHours(ctx, time.Now())
+		out, err = m.AccountUsage(ctx, id)
 	case collection == "accounts" && action == "":
 		switch r.Method {
 		case http.MethodGet:

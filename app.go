@@ -3,6 +3,7 @@ package postscale
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -19,8 +20,10 @@ type App struct {
 	mu       sync.Mutex
 	keyrings map[string]*keyring // by store identity
 	// planNames are the names of the plans the handlers define, by the
-	// identity of the store they use.
-	planNames map[string]map[string]bool
+	// identity of the store they use, and planQuotas the quotas of those
+	// that have one (the first handler's, if two differ).
+	planNames  map[string]map[string]bool
+	planQuotas map[string]map[string]Quota
 }
 
 // CaddyModule returns the Caddy module information.
@@ -47,14 +50,27 @@ func (a *App) register(k *keyring, plans map[string]Plan) {
 	if a.keyrings == nil {
 		a.keyrings = make(map[string]*keyring)
 		a.planNames = make(map[string]map[string]bool)
+		a.planQuotas = make(map[string]map[string]Quota)
 	}
 	a.keyrings[id] = k
 	if a.planNames[id] == nil {
 		a.planNames[id] = make(map[string]bool)
+		a.planQuotas[id] = make(map[string]Quota)
 	}
-	for name := range plans {
+	for name, p := range plans {
 		a.planNames[id][name] = true
+		if _, seen := a.planQuotas[id][name]; !seen && p.Quota != nil {
+			a.planQuotas[id][name] = *p.Quota
+		}
 	}
+}
+
+// quotas returns the quotas of the plans that the handlers of the store
+// with that identity define.
+func (a *App) quotas(identity string) map[string]Quota {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return maps.Clone(a.planQuotas[identity])
 }
 
 // plans returns, sorted, the plans an account of the store with that

@@ -47,9 +47,25 @@ type entry struct {
 	deprecation, sunset string
 	// usage counts the key's requests until the next flush.
 	usage *usage
+	// quota is the account's own quota (nil: its plan's), anchor when its
+	// periods start from, and used its latest period in the store when it
+	// was looked up (nil: none).
+	quota  *quotaPolicy
+	anchor time.Time
+	used   *PeriodUsage
+	// counters are the account's counters of the current quota period
+	// and hour, found once per period and hour (see quotaCounterOf,
+	// hourCounterOf); an entry kept by refresh shares them.
+	counters *entryCounters
 
 	// Placeholder values, boxed once.
 	modeVal, accountVal, keyVal, planVal, nameVal any
+}
+
+// entryCounters point an entry at its account's current counters.
+type entryCounters struct {
+	counter atomic.Pointer[quotaCounter]
+	hour    atomic.Pointer[hourCounter]
 }
 
 // newEntry builds the cache entry of a key found in the store at time now.
@@ -74,6 +90,11 @@ func newEntry(h [sha256.Size]byte, k KeyRecord, a Account, now time.Time) *entry
 		e.sunset = k.ExpiresAt.UTC().Format(http.TimeFormat)
 	}
 	e.scopes = k.Scopes
+	if a.Quota != nil && a.Quota.check() == nil {
+		e.quota = newQuotaPolicy(a.Plan, *a.Quota)
+	}
+	e.anchor, e.used = a.anchor(), a.Used
+	e.counters = new(entryCounters)
 	if a.Rate > 0 {
 		if p, err := (Plan{Rate: a.Rate, Burst: a.Burst}).withDefaultBurst(); err == nil {
 			e.custom = newLimit(a.Plan, p, now)
@@ -132,6 +153,12 @@ type keyring struct {
 	// shedLogged is when that was (unix nanoseconds): at most one a minute.
 	shed       atomic.Int64
 	shedLogged atomic.Int64
+
+	// quotas holds a *quotaCounter per quotaKey, for the quota periods in
+	// use; hours a *hourCounter per account and hour (quotaKey with the
+	// hour's unix seconds). See quota.go.
+	quotas, hours sync.Map
+	quotaFlushMu  sync.Mutex
 
 	// usage holds a *usage per key id with requests not yet flushed.
 	usage   sync.Map
@@ -219,8 +246,21 @@ func (k *keyring) run() {
 			select {
 			case <-ctx.Done():
 				return
-			case <-t.C:
+			case now := <-t.C:
 				k.flushUsage(ctx)
+				k.flushHours(ctx, now)
+			}
+		}
+	})
+	k.goSafe("quota flusher; quota counts are no longer written", func() {
+		t := time.NewTicker(quotaFlushInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-t.C:
+				k.flushQuotas(ctx, now)
 			}
 		}
 	})
@@ -247,7 +287,9 @@ func (k *keyring) Destruct() error {
 		k.cancel()
 		k.done.Wait()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		k.flushQuotas(ctx, time.Now())
 		k.flushUsage(ctx)
+		k.flushHours(ctx, time.Now())
 		cancel()
 	}
 	if k.release != nil {

@@ -56,7 +56,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error)
 //	    }
 //	    legacy_keys
 //	    forward_authorization
-//	    plan <name> <rate> [<burst>]
+//	    plan <name> <rate> [<burst>] {
+//	        quota <count> day|month
+//	    }
+//	    quota_counts {
+//	        <matchers>
+//	    }
 //	    require_scope <scope> {
 //	        <matchers>
 //	    }
@@ -99,6 +104,29 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(args) == 3 {
 				if p.Burst, err = strconv.Atoi(args[2]); err != nil || p.Burst < 1 {
 					return d.Errf("plan %s: burst must be a whole number of requests, at least 1, got %q", pname, args[2])
+				}
+			}
+			for nesting := d.Nesting(); d.NextBlock(nesting); {
+				switch d.Val() {
+				case "quota":
+					if p.Quota != nil {
+						return d.Errf("plan %s: quota given more than once", pname)
+					}
+					qargs := d.RemainingArgs()
+					if len(qargs) != 2 {
+						return d.Errf("plan %s: want quota <count> day|month, got %d arguments", pname, len(qargs))
+					}
+					n, err := strconv.ParseInt(qargs[0], 10, 64)
+					if err != nil {
+						return d.Errf("plan %s: quota count must be a whole number of requests, got %q", pname, qargs[0])
+					}
+					q := Quota{Count: n, Period: Period(qargs[1])}
+					if err := q.check(); err != nil {
+						return d.Errf("plan %s: quota %v", pname, err)
+					}
+					p.Quota = &q
+				default:
+					return d.Errf("plan %s: unrecognized plan option %q", pname, d.Val())
 				}
 			}
 			if _, err := p.withDefaultBurst(); err != nil {
@@ -167,6 +195,18 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			default:
 				h.LookupTimeout = caddy.Duration(dur)
 			}
+		case "quota_counts":
+			if d.NextArg() {
+				return d.Errf("quota_counts: matchers go in a block: quota_counts { <matchers> }")
+			}
+			set, err := caddyhttp.ParseCaddyfileNestedMatcherSet(d)
+			if err != nil {
+				return err
+			}
+			if len(set) == 0 {
+				return d.Errf("quota_counts: want a block of request matchers; without it, every admitted live request counts")
+			}
+			h.QuotaCountsRaw = caddyhttp.RawMatcherSets{set}
 		case "failed_auth":
 			args := d.RemainingArgs()
 			fa := new(FailedAuth)

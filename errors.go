@@ -24,6 +24,7 @@ const (
 	outcomeForbidden // built per scope rule: see scopeRule
 	outcomeInternal  // the handler could not decide: see Handler.failed
 	outcomeThrottled // too many guesses from the client's address (failed_auth)
+	outcomeQuotaExceeded
 	numOutcomes
 )
 
@@ -94,6 +95,9 @@ func init() {
 	def(outcomeUnknownPlan, http.StatusServiceUnavailable, "", "",
 		"api_error", "plan_not_configured",
 		"Your account's plan is not configured on this gateway, so the request cannot be rate-limited and was not sent. This is a server-side problem; contact support.")
+	def(outcomeQuotaExceeded, http.StatusTooManyRequests, "", "",
+		"rate_limit_error", "quota_exceeded",
+		"Your account has used its sending quota for this period. Wait the number of seconds in the Retry-After header, when the next period starts, or ask for a larger quota; test keys (ps_test_…) keep working.")
 	def(outcomeThrottled, http.StatusTooManyRequests, "", "",
 		"rate_limit_error", "too_many_failed_attempts",
 		"Too many requests with unknown API keys came from your address. Requests with keys not recently used from here are refused until the time in the Retry-After header has passed; check which key your client sends.")

@@ -24,6 +24,9 @@ type Plan struct {
 	// Burst is how many requests can be made at once from a full bucket.
 	// Default: Rate rounded up.
 	Burst int `json:"burst,omitempty"`
+	// Quota is the plan's sending volume per day or month, for accounts
+	// without a quota of their own. Default: none.
+	Quota *Quota `json:"quota,omitempty"`
 }
 
 // DefaultPlans are the plans every gateway knows; the Caddyfile's plan
@@ -51,6 +54,11 @@ func (p Plan) problem() (field, why string) {
 	}
 	if p.Burst < 0 || p.Burst > maxBurst {
 		return "burst", fmt.Sprintf("must be between 1 and %d (0: the rate), got %d", maxBurst, p.Burst)
+	}
+	if p.Quota != nil {
+		if err := p.Quota.check(); err != nil {
+			return "quota", err.Error()
+		}
 	}
 	return "", ""
 }
@@ -84,6 +92,10 @@ type limit struct {
 	// admitted counts admitted requests of this plan, by mode, resolved
 	// once so the request path does no label lookup.
 	admitted [3]prometheus.Counter
+	// quota is the plan's quota, or nil; policyWithQuota is the
+	// RateLimit-Policy value naming both.
+	quota           *quotaPolicy
+	policyWithQuota string
 }
 
 func newLimit(name string, p Plan, since time.Time) *limit {
@@ -97,6 +109,10 @@ func newLimit(name string, p Plan, since time.Time) *limit {
 	}
 	window := max(1, int64(math.Ceil(float64(p.Burst)/p.Rate)))
 	l.policy = fmt.Sprintf("%q;q=%d;w=%d", name, p.Burst, window)
+	if p.Quota != nil {
+		l.quota = newQuotaPolicy(name, *p.Quota)
+		l.policyWithQuota = l.policy + ", " + l.quota.policy
+	}
 	return l
 }
 
@@ -114,15 +130,44 @@ type state struct {
 	retryAfter int64
 }
 
-// rateLimitHeader writes the RateLimit field: "<plan>";r=<remaining>;t=<seconds>.
-func rateLimitHeader(l *limit, s state) string {
-	var buf [96]byte
+// quotaState is what a quota says about one request, for the RateLimit
+// field: policy nil when no quota applies.
+type quotaState struct {
+	policy    *quotaPolicy
+	remaining int64 // requests left in the period (r)
+	reset     int64 // whole seconds until the period ends (t)
+}
+
+// rateLimitHeader writes the RateLimit field: "<plan>";r=<remaining>;t=<seconds>,
+// followed by the quota's item when one applies.
+func rateLimitHeader(l *limit, s state, q quotaState) string {
+	var buf [192]byte
 	b := strconv.AppendQuote(buf[:0], l.name)
 	b = append(b, ";r="...)
 	b = strconv.AppendInt(b, s.remaining, 10)
 	b = append(b, ";t="...)
 	b = strconv.AppendInt(b, s.full, 10)
+	if q.policy != nil {
+		b = append(b, ", "...)
+		b = appendQuotaItem(b, q)
+	}
 	return string(b)
+}
+
+// quotaHeader writes the RateLimit field of a request its quota refused:
+// the quota's item alone.
+func quotaHeader(q quotaState) string {
+	var buf [96]byte
+	return string(appendQuotaItem(buf[:0], q))
+}
+
+// appendQuotaItem appends "<plan>-<period>";r=<left>;t=<seconds to the reset>.
+func appendQuotaItem(b []byte, q quotaState) []byte {
+	b = strconv.AppendQuote(b, q.policy.name)
+	b = append(b, ";r="...)
+	b = strconv.AppendInt(b, q.remaining, 10)
+	b = append(b, ";t="...)
+	return strconv.AppendInt(b, q.reset, 10)
 }
 
 // bucketKey names one token bucket: an account's live or test traffic.

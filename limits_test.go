@@ -125,7 +125,7 @@ func TestPolicyAndRateLimitHeaders(t *testing.T) {
 			if got := l.policy; got != tt.wantPolicy {
 				t.Errorf("RateLimit-Policy: got %s, want %s", got, tt.wantPolicy)
 			}
-			if got := rateLimitHeader(l, st); got != tt.wantHeader {
+			if got := rateLimitHeader(l, st, quotaState{}); got != tt.wantHeader {
 				t.Errorf("RateLimit: got %s, want %s", got, tt.wantHeader)
 			}
 		})

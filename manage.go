@@ -56,6 +56,48 @@ type AccountRequest struct {
 	Plan  string  `json:"plan"`
 	Rate  float64 `json:"rate,omitempty"`
 	Burst int     `json:"burst,omitempty"`
+	// Quota is the account's own quota, over its plan's (optional).
+	Quota *Quota `json:"quota,omitempty"`
+	// QuotaAnchor starts the account's quota periods (its billing day),
+	// an RFC 3339 time from 1970 to 2199. Default: the account's creation.
+	QuotaAnchor *time.Time `json:"quota_anchor,omitempty"`
+}
+
+// Optional is a field of an update that may be absent (Set false: keep
+// the value), null (Set, Value nil: back to the default) or a value.
+type Optional[T any] struct {
+	Set   bool
+	Value *T
+}
+
+// UnmarshalJSON reads null or a value.
+func (o *Optional[T]) UnmarshalJSON(b []byte) error {
+	o.Set = true
+	if string(b) == "null" {
+		o.Value = nil
+		return nil
+	}
+	o.Value = new(T)
+	return json.Unmarshal(b, o.Value)
+}
+
+// MarshalJSON writes null or the value.
+func (o Optional[T]) MarshalJSON() ([]byte, error) { return json.Marshal(o.Value) }
+
+// minQuotaAnchor and maxExpiresAt bound quota_anchor.
+var minQuotaAnchor = time.Unix(0, 0)
+
+// checkQuota validates an account's own quota and anchor.
+func checkQuota(q *Quota, anchor *time.Time) error {
+	if q != nil {
+		if err := q.check(); err != nil {
+			return badInput("quota", "%v", err)
+		}
+	}
+	if anchor != nil && (anchor.Before(minQuotaAnchor) || !anchor.Before(maxExpiresAt)) {
+		return badInput("quota_anchor", "must be from 1970-01-01T00:00:00Z to before %s, got %s", maxExpiresAt.Format(time.RFC3339), anchor.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // KeyRequest creates a key. ExpiresAt, when set, must be in the future and
@@ -148,11 +190,15 @@ type CreatedKey struct {
 	Replaces *KeyRecord `json:"replaces,omitempty"`
 }
 
-// AccountUpdate changes an account; absent fields keep their value.
+// AccountUpdate changes an account; absent fields keep their value. A
+// null quota goes back to the plan's; a null quota_anchor to the
+// account's creation.
 type AccountUpdate struct {
-	Plan  *string  `json:"plan,omitempty"`
-	Rate  *float64 `json:"rate,omitempty"`
-	Burst *int     `json:"burst,omitempty"`
+	Plan        *string             `json:"plan,omitempty"`
+	Rate        *float64            `json:"rate,omitempty"`
+	Burst       *int                `json:"burst,omitempty"`
+	Quota       Optional[Quota]     `json:"quota,omitzero"`
+	QuotaAnchor Optional[time.Time] `json:"quota_anchor,omitzero"`
 }
 
 // RollRequest rolls a key: the old key keeps working for ExpiresIn (a
@@ -228,6 +274,9 @@ type storeManager struct {
 	// known here (the CLI straight on a store, without a config), and a
 	// plan is not checked.
 	plans []string
+	// planQuotas are the quotas of the plans that have one, for the usage
+	// report; nil when not known here.
+	planQuotas map[string]Quota
 }
 
 func (m storeManager) notify(c Change) {
@@ -248,10 +297,17 @@ func (m storeManager) CreateAccount(ctx context.Context, req AccountRequest) (Ac
 	if err := checkLimits(&req); err != nil {
 		return Account{}, err
 	}
+	if err := checkQuota(req.Quota, req.QuotaAnchor); err != nil {
+		return Account{}, err
+	}
 	if err := m.checkPlanKnown(req.Plan); err != nil {
 		return Account{}, err
 	}
-	a := Account{ID: req.ID, Plan: req.Plan, Rate: req.Rate, Burst: req.Burst, CreatedAt: now.UTC()}
+	a := Account{ID: req.ID, Plan: req.Plan, Rate: req.Rate, Burst: req.Burst, Quota: req.Quota, CreatedAt: now.UTC()}
+	if req.QuotaAnchor != nil {
+		anchor := req.QuotaAnchor.UTC()
+		a.QuotaAnchor = &anchor
+	}
 	if err := s.CreateAccount(ctx, a); err != nil {
 		if errors.Is(err, ErrExists) {
 			return Account{}, fmt.Errorf("account %q: %w", req.ID, ErrExists)
@@ -295,6 +351,19 @@ func (m storeManager) UpdateAccount(ctx context.Context, id string, req AccountU
 			}
 		}
 		a.Plan, a.Rate, a.Burst = next.Plan, next.Rate, next.Burst
+		if req.Quota.Set {
+			a.Quota = req.Quota.Value
+		}
+		if req.QuotaAnchor.Set {
+			a.QuotaAnchor = nil
+			if req.QuotaAnchor.Value != nil {
+				anchor := req.QuotaAnchor.Value.UTC()
+				a.QuotaAnchor = &anchor
+			}
+		}
+		if err := checkQuota(a.Quota, a.QuotaAnchor); err != nil {
+			return a, err
+		}
 		return a, nil
 	})
 	if err != nil {
@@ -334,6 +403,73 @@ func (m storeManager) checkPlanKnown(plan string) error {
 	}
 	return badInput("plan", "no postscale handler defines the plan %q, so every request of an account on it would get 503; the plans are %s (enterprise with its own rate)",
 		plan, strings.Join(m.plans, ", "))
+}
+
+// AccountUsage is an account's use of its current quota period and its
+// requests of the last 48 hours.
+type AccountUsage struct {
+	Account string `json:"account"`
+	Plan    string `json:"plan"`
+	// Quota is the quota that applies (the account's own, else its
+	// plan's), or null for none.
+	Quota       *Quota    `json:"quota"`
+	QuotaAnchor time.Time `json:"quota_anchor"`
+	// PeriodStart and PeriodEnd bound the current period: the quota's, or
+	// without one the month from the anchor.
+	PeriodStart time.Time `json:"period_start"`
+	PeriodEnd   time.Time `json:"period_end"`
+	Live        int64     `json:"live"`
+	Test        int64     `json:"test"`
+	// Remaining is what the quota has left, or null without a quota.
+	Remaining *int64 `json:"remaining"`
+	// Hours are the last 48 hours, oldest first, the current one last.
+	Hours []HourUsage `json:"hours"`
+}
+
+// AccountUsage reports an account's usage at m.now.
+func (m storeManager) AccountUsage(ctx context.Context, id string) (AccountUsage, error) {
+	if err := checkAccountRef("id", id); err != nil {
+		return AccountUsage{}, err
+	}
+	a, err := m.store.GetAccount(ctx, id)
+	if err != nil {
+		return AccountUsage{}, notFoundAs(err, "account", id)
+	}
+	now := m.now().UTC()
+	u := AccountUsage{Account: a.ID, Plan: a.Plan, Quota: a.Quota, QuotaAnchor: a.anchor().UTC()}
+	if u.Quota == nil {
+		if q, ok := m.planQuotas[a.Plan]; ok {
+			u.Quota = &q
+		}
+	}
+	period := PeriodMonth
+	if u.Quota != nil {
+		period = u.Quota.Period
+	}
+	u.PeriodStart, u.PeriodEnd = periodAt(u.QuotaAnchor, period, now)
+	thisHour := now.Truncate(time.Hour)
+	since := thisHour.Add(-(usageHours - 1) * time.Hour)
+	p, hours, err := m.store.AccountUsage(ctx, id, period, u.PeriodStart, since)
+	if err != nil {
+		return AccountUsage{}, notFoundAs(err, "account", id)
+	}
+	u.Live, u.Test = p.Live, p.Test
+	if u.Quota != nil {
+		left := max(0, u.Quota.Count-u.Live)
+		u.Remaining = &left
+	}
+	byHour := make(map[int64]HourUsage, len(hours))
+	for _, h := range hours {
+		byHour[h.Hour.Unix()] = h
+	}
+	u.Hours = make([]HourUsage, usageHours)
+	for i := range u.Hours {
+		at := since.Add(time.Duration(i) * time.Hour)
+		h := byHour[at.Unix()]
+		h.Hour = at
+		u.Hours[i] = h
+	}
+	return u, nil
 }
 
 // GetAccount returns an account.

@@ -40,6 +40,7 @@ var outcomeLabels = [numOutcomes]string{
 	outcomeForbidden:        "forbidden",
 	outcomeInternal:         "error",
 	outcomeThrottled:        "throttled",
+	outcomeQuotaExceeded:    "quota_exceeded",
 }
 
 func initMetrics() {

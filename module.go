@@ -61,6 +61,12 @@ type Handler struct {
 	// trusted_proxies). Default: 100 per 1m; {"off": true} turns it off.
 	FailedAuth *FailedAuth `json:"failed_auth,omitempty"`
 
+	// QuotaCountsRaw selects which admitted live requests count towards
+	// an account's quota, as request matcher sets (any set may match);
+	// others are neither counted nor refused by the quota. Default: every
+	// admitted live request counts.
+	QuotaCountsRaw caddyhttp.RawMatcherSets `json:"quota_counts,omitempty" caddy:"namespace=http.matchers"`
+
 	// LimiterRaw decides the rate limits, a module in the
 	// postscale.limiters namespace. Default: buckets in this process
 	// ({"backend": "local"}); {"backend": "redis"} shares them between
@@ -86,12 +92,13 @@ type Handler struct {
 	// full-access key. Default: none (every key has full access).
 	RequireScopes []ScopeRule `json:"require_scopes,omitempty"`
 
-	protect caddyhttp.MatcherSets
-	store   Store
-	keys    *keyring
-	lookup  lookupPolicy
-	limiter Limiter
-	limits  map[string]*limit // by plan name, defaults merged in
+	protect     caddyhttp.MatcherSets
+	quotaCounts caddyhttp.MatcherSets
+	store       Store
+	keys        *keyring
+	lookup      lookupPolicy
+	limiter     Limiter
+	limits      map[string]*limit // by plan name, defaults merged in
 	// guessLimit is FailedAuth with its defaults, or nil when it is off.
 	guessLimit *FailedAuth
 	logger     *zap.Logger
@@ -136,6 +143,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		if err := h.protect.FromInterface(mods); err != nil {
 			return fmt.Errorf("protect: %w", err)
+		}
+	}
+	if h.QuotaCountsRaw != nil {
+		mods, err := ctx.LoadModule(h, "QuotaCountsRaw")
+		if err != nil {
+			return fmt.Errorf("loading quota_counts matchers: %w", err)
+		}
+		if err := h.quotaCounts.FromInterface(mods); err != nil {
+			return fmt.Errorf("quota_counts: %w", err)
 		}
 	}
 	var fa FailedAuth
@@ -267,6 +283,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		} else {
 			metrics.early[o].Inc()
 		}
+		if e != nil && e.counters != nil {
+			h.keys.hourCounterOf(e, now.UnixNano()).refused.Add(1)
+		}
 		closeUnreadBody(w, r)
 		if retryAfter > 0 {
 			w.Header()["Retry-After"] = []string{strconv.FormatInt(retryAfter, 10)}
@@ -292,6 +311,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		if rule != nil {
 			countOutcome(outcomeForbidden, e.mode, e.plan)
+			h.keys.hourCounterOf(e, now.UnixNano()).refused.Add(1)
 			rule.rejection.write(w)
 			return nil
 		}
@@ -309,15 +329,68 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return nil
 		}
 	}
+	nowNs := now.UnixNano()
+	hour := h.keys.hourCounterOf(e, nowNs)
+
+	// The quota first, so that a request it refuses takes no token; a
+	// live request it admits is counted at once and taken back if the
+	// bucket refuses it. Test requests are counted apart, never refused.
+	q := e.quota
+	if q == nil {
+		q = l.quota
+	}
+	var qc *quotaCounter
+	var qs quotaState
+	counts := false
+	policy := l.policy
+	if q != nil {
+		qc = h.keys.quotaCounterOf(e, q, nowNs)
+		if e.mode == ModeLive {
+			policy = l.policyWithQuota
+			if q != l.quota {
+				policy = l.policy + ", " + q.policy
+			}
+			if len(h.quotaCounts) > 0 {
+				var err error
+				if counts, err = h.quotaCounts.AnyMatchWithError(r); err != nil {
+					countOutcome(outcomeInternal, e.mode, e.plan)
+					return h.failed(w)
+				}
+			} else {
+				counts = true
+			}
+			qs = quotaState{policy: q, reset: secondsCeil(float64(qc.end-nowNs) / 1e9)}
+			if counts && !qc.reserve(q.Count) {
+				wh["Ratelimit-Policy"] = oneValue(vals, valPolicy, policy)
+				wh["Ratelimit"] = oneValue(vals, valRateLimit, quotaHeader(qs))
+				wh["Retry-After"] = oneValue(vals, valRetryAfter, strconv.FormatInt(max(1, qs.reset), 10))
+				countOutcome(outcomeQuotaExceeded, e.mode, l.name)
+				hour.refused.Add(1)
+				writeRejection(w, outcomeQuotaExceeded)
+				return nil
+			}
+		}
+	}
 	st := h.limiter.Take(r.Context(), bucketKey{account: e.accountID, mode: e.mode}, l, now)
-	wh["Ratelimit-Policy"] = oneValue(vals, valPolicy, l.policy)
-	wh["Ratelimit"] = oneValue(vals, valRateLimit, rateLimitHeader(l, st))
+	if !st.admitted && counts {
+		qc.unreserve()
+	}
+	if qs.policy != nil {
+		qs.remaining = max(0, q.Count-qc.used.Load())
+	}
+	wh["Ratelimit-Policy"] = oneValue(vals, valPolicy, policy)
+	wh["Ratelimit"] = oneValue(vals, valRateLimit, rateLimitHeader(l, st, qs))
 	if !st.admitted {
 		wh["Retry-After"] = oneValue(vals, valRetryAfter, strconv.FormatInt(st.retryAfter, 10))
 		countOutcome(outcomeRateLimited, e.mode, l.name)
+		hour.refused.Add(1)
 		writeRejection(w, outcomeRateLimited)
 		return nil
 	}
+	if qc != nil && e.mode == ModeTest {
+		qc.test.Add(1)
+	}
+	hour.admitted.Add(1)
 	l.admitted[e.mode].Inc()
 	h.keys.countRequest(e, now)
 

@@ -1,10 +1,14 @@
 package postscale
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // Quota is a sending volume per period: at most Count admitted live
@@ -101,4 +105,211 @@ func monthsFrom(anchor time.Time, k int) time.Time {
 	last := time.Date(y, month+1, 0, 0, 0, 0, 0, time.UTC).Day()
 	hh, mm, ss := anchor.Clock()
 	return time.Date(y, month, min(d, last), hh, mm, ss, anchor.Nanosecond(), time.UTC)
+}
+
+// quotaPolicy is a quota resolved for the request path: its count and
+// period, and its name and RateLimit-Policy item, built once.
+type quotaPolicy struct {
+	Quota
+	name   string // e.g. growth-month
+	policy string // e.g. "growth-month";q=50000
+}
+
+func newQuotaPolicy(plan string, q Quota) *quotaPolicy {
+	name := plan + "-" + string(q.Period)
+	return &quotaPolicy{Quota: q, name: name, policy: strconv.Quote(name) + ";q=" + strconv.FormatInt(q.Count, 10)}
+}
+
+// quotaKey names one account's quota period: its length and start.
+type quotaKey struct {
+	account string
+	period  Period
+	start   int64 // unix ns
+}
+
+// quotaCounter counts one account's requests in one quota period, in
+// memory, for the request path; flushQuotas writes them to the store in
+// batches and learns there what other replicas counted.
+//
+// used is what this process knows the period's live total to be: what the
+// store said at the last flush (or lookup), plus every live request
+// counted here since. It only grows, so a request is admitted by the quota
+// only while used is below the count, and concurrent requests of one
+// account cannot overrun it (one compare-and-swap each).
+type quotaCounter struct {
+	quotaKey
+	end int64 // unix ns
+
+	used atomic.Int64
+	// unflushed are the live and test requests counted here and not yet
+	// written to the store.
+	unflushed, test atomic.Int64
+}
+
+// reserve counts one live request if the period has room for it under
+// count, and reports whether it had.
+func (c *quotaCounter) reserve(count int64) bool {
+	for {
+		u := c.used.Load()
+		if u >= count {
+			return false
+		}
+		if c.used.CompareAndSwap(u, u+1) {
+			c.unflushed.Add(1)
+			return true
+		}
+	}
+}
+
+// unreserve takes back a reserved request that was refused after all
+// (by its rate limit): a refused request counts nothing.
+func (c *quotaCounter) unreserve() {
+	c.used.Add(-1)
+	c.unflushed.Add(-1)
+}
+
+// learn raises used to a total the store reported, plus what was counted
+// here since that total was read.
+func (c *quotaCounter) learn(total int64) {
+	for {
+		u := c.used.Load()
+		t := total + c.unflushed.Load()
+		if t <= u || c.used.CompareAndSwap(u, t) {
+			return
+		}
+	}
+}
+
+// quotaCounterOf returns the counter of e's account for the quota period
+// of q that holds now (unix ns), creating it on first use from what the
+// store said when e was looked up. The request path finds it in e without
+// a map lookup while the period lasts.
+func (k *keyring) quotaCounterOf(e *entry, q *quotaPolicy, now int64) *quotaCounter {
+	if c := e.counters.counter.Load(); c != nil && now >= c.start && now < c.end && c.period == q.Period {
+		return c
+	}
+	start, end := periodAt(e.anchor, q.Period, time.Unix(0, now))
+	key := quotaKey{account: e.accountID, period: q.Period, start: start.UnixNano()}
+	v, ok := k.quotas.Load(key)
+	if !ok {
+		c := &quotaCounter{quotaKey: key, end: end.UnixNano()}
+		v, _ = k.quotas.LoadOrStore(key, c)
+	}
+	c := v.(*quotaCounter)
+	if e.used != nil && e.used.Period == key.period && e.used.Start.UnixNano() == key.start {
+		c.learn(e.used.Live)
+	}
+	e.counters.counter.Store(c)
+	return c
+}
+
+// quotaFlushInterval is how often quota counts go to the store: the bound
+// on what a crash loses, and on how late replicas without Redis learn each
+// other's counts.
+const quotaFlushInterval = time.Second
+
+// flushQuotas writes the quota counts gathered since the last flush to the
+// store, learns the totals of every replica from its answer, and drops
+// the counters of periods that have ended and have nothing left to write.
+// Counts it cannot write are kept for the next flush.
+func (k *keyring) flushQuotas(ctx context.Context, now time.Time) {
+	k.quotaFlushMu.Lock()
+	defer k.quotaFlushMu.Unlock()
+	var batch []PeriodUsage
+	var counters []*quotaCounter
+	k.quotas.Range(func(_, v any) bool {
+		c := v.(*quotaCounter)
+		live, test := c.unflushed.Swap(0), c.test.Swap(0)
+		if live == 0 && test == 0 {
+			if now.UnixNano() >= c.end+int64(quotaFlushInterval) {
+				k.quotas.Delete(c.quotaKey)
+			}
+			return true
+		}
+		batch = append(batch, PeriodUsage{Account: c.account, Period: c.period, Start: time.Unix(0, c.start).UTC(), Live: live, Test: test})
+		counters = append(counters, c)
+		return true
+	})
+	if len(batch) == 0 {
+		return
+	}
+	totals, err := k.store.RecordAccountUsage(ctx, batch, nil, time.Time{})
+	if err != nil {
+		k.logger.Warn("writing quota counts to the store failed; will retry", zap.Int("accounts", len(batch)), zap.Error(err))
+		for i, c := range counters {
+			c.unflushed.Add(batch[i].Live)
+			c.test.Add(batch[i].Test)
+		}
+		return
+	}
+	for i, c := range counters {
+		c.learn(totals[i].Live)
+	}
+}
+
+// hourCounter counts one account's admitted and refused requests in one
+// hour, for the usage API's last 48 hours.
+type hourCounter struct {
+	account           string
+	hour              int64 // unix seconds of the hour's start
+	admitted, refused atomic.Int64
+}
+
+// hourCounterOf returns the counter of e's account for the hour of now
+// (unix ns).
+func (k *keyring) hourCounterOf(e *entry, now int64) *hourCounter {
+	hour := now / int64(time.Second) / 3600 * 3600
+	if c := e.counters.hour.Load(); c != nil && c.hour == hour {
+		return c
+	}
+	key := quotaKey{account: e.accountID, start: hour}
+	v, ok := k.hours.Load(key)
+	if !ok {
+		v, _ = k.hours.LoadOrStore(key, &hourCounter{account: e.accountID, hour: hour})
+	}
+	c := v.(*hourCounter)
+	e.counters.hour.Store(c)
+	return c
+}
+
+// usageHours is how long per-hour counts are kept in the store.
+const usageHours = 48
+
+// takeHours returns the per-hour counts gathered since the last flush, and
+// drops the counters of hours that have ended with nothing to write.
+func (k *keyring) takeHours(now time.Time) []HourUsage {
+	var hours []HourUsage
+	current := now.Unix() / 3600 * 3600
+	k.hours.Range(func(key, v any) bool {
+		c := v.(*hourCounter)
+		a, r := c.admitted.Swap(0), c.refused.Swap(0)
+		if a == 0 && r == 0 {
+			if c.hour < current {
+				k.hours.Delete(key)
+			}
+			return true
+		}
+		hours = append(hours, HourUsage{Account: c.account, Hour: time.Unix(c.hour, 0).UTC(), Admitted: a, Refused: r})
+		return true
+	})
+	return hours
+}
+
+// flushHours writes the per-hour counts to the store, dropping those older
+// than usageHours; counts it cannot write are kept for the next flush.
+func (k *keyring) flushHours(ctx context.Context, now time.Time) {
+	hours := k.takeHours(now)
+	if len(hours) == 0 {
+		return
+	}
+	if _, err := k.store.RecordAccountUsage(ctx, nil, hours, now.Add(-usageHours*time.Hour)); err != nil {
+		k.logger.Warn("writing hourly request counts to the store failed; will retry", zap.Int("hours", len(hours)), zap.Error(err))
+		for _, h := range hours {
+			key := quotaKey{account: h.Account, start: h.Hour.Unix()}
+			v, _ := k.hours.LoadOrStore(key, &hourCounter{account: h.Account, hour: h.Hour.Unix()})
+			c := v.(*hourCounter)
+			c.admitted.Add(h.Admitted)
+			c.refused.Add(h.Refused)
+		}
+	}
 }

@@ -83,10 +83,11 @@ type Store interface {
 	// sharing the store learn each other's counts. Like RecordUsage it is
 	// called in batches, off the request path.
 	RecordAccountUsage(ctx context.Context, periods []PeriodUsage, hours []HourUsage, dropBefore time.Time) ([]PeriodUsage, error)
-	// AccountUsage returns an account's counts of the period that starts
-	// at periodStart (zero counts if none were recorded) and its hours
-	// from since on, oldest first, or ErrNotFound for no such account.
-	AccountUsage(ctx context.Context, account string, periodStart, since time.Time) (PeriodUsage, []HourUsage, error)
+	// AccountUsage returns an account's counts of the period of that
+	// length that starts at periodStart (zero counts if none were
+	// recorded) and its hours from since on, oldest first, or ErrNotFound
+	// for no such account.
+	AccountUsage(ctx context.Context, account string, period Period, periodStart, since time.Time) (PeriodUsage, []HourUsage, error)
 
 	// Watch calls fn for every change to a key or an account made through
 	// any process sharing the store, until ctx is done, when it returns
@@ -156,6 +157,7 @@ func (a Account) anchor() time.Time {
 // that counted towards its quota, and the test ones.
 type PeriodUsage struct {
 	Account string
+	Period  Period
 	Start   time.Time
 	Live    int64
 	Test    int64

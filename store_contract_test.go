@@ -548,20 +548,22 @@ func testStoreContract(t *testing.T, open func(t *testing.T) Store) {
 			t.Fatalf("LookupKey before any counts: Used %+v, err %v; want nil", a.Used, err)
 		}
 		totals, err := s.RecordAccountUsage(ctx, []PeriodUsage{
-			{Account: "acme", Start: may, Live: 7, Test: 1},
-			{Account: "globex", Start: june, Live: 2},
+			{Account: "acme", Period: PeriodMonth, Start: may, Live: 7, Test: 1},
+			{Account: "globex", Period: PeriodMonth, Start: june, Live: 2},
 		}, nil, time.Time{})
 		if err != nil {
 			t.Fatalf("RecordAccountUsage: %v", err)
 		}
-		if len(totals) != 2 || totals[0].Live != 7 || totals[0].Test != 1 || totals[1].Live != 2 {
+		if len(totals) != 2 || totals[0].Live != 7 || totals[0].Test != 1 || totals[0].Period != PeriodMonth || totals[1].Live != 2 {
 			t.Fatalf("RecordAccountUsage totals: %+v", totals)
 		}
 		// Adds, returning the totals in the order given.
 		totals, err = s.RecordAccountUsage(ctx, []PeriodUsage{
-			{Account: "globex", Start: june, Live: 3, Test: 4},
-			{Account: "acme", Start: june, Live: 5},
-			{Account: "acme", Start: may, Live: 1},
+			{Account: "globex", Period: PeriodMonth, Start: june, Live: 3, Test: 4},
+			{Account: "acme", Period: PeriodMonth, Start: june, Live: 5},
+			{Account: "acme", Period: PeriodMonth, Start: may, Live: 1},
+			// A day that starts with the month is a period of its own.
+			{Account: "acme", Period: PeriodDay, Start: june, Live: 2},
 		}, []HourUsage{
 			{Account: "acme", Hour: june.Add(-50 * time.Hour), Admitted: 9},
 			{Account: "acme", Hour: june.Add(-time.Hour), Admitted: 3, Refused: 1},
@@ -570,9 +572,9 @@ func testStoreContract(t *testing.T, open func(t *testing.T) Store) {
 		if err != nil {
 			t.Fatalf("RecordAccountUsage: %v", err)
 		}
-		want := []PeriodUsage{{"globex", june, 5, 4}, {"acme", june, 5, 0}, {"acme", may, 8, 1}}
+		want := []PeriodUsage{{"globex", PeriodMonth, june, 5, 4}, {"acme", PeriodMonth, june, 5, 0}, {"acme", PeriodMonth, may, 8, 1}, {"acme", PeriodDay, june, 2, 0}}
 		for i, w := range want {
-			if g := totals[i]; g.Account != w.Account || !g.Start.Equal(w.Start) || g.Live != w.Live || g.Test != w.Test {
+			if g := totals[i]; g.Account != w.Account || g.Period != w.Period || !g.Start.Equal(w.Start) || g.Live != w.Live || g.Test != w.Test {
 				t.Errorf("total %d: got %+v, want %+v", i, g, w)
 			}
 		}
@@ -580,7 +582,7 @@ func testStoreContract(t *testing.T, open func(t *testing.T) Store) {
 		if _, a, err := s.LookupKey(ctx, key.Hash); err != nil || a.Used == nil || !a.Used.Start.Equal(june) || a.Used.Live != 5 {
 			t.Errorf("LookupKey: Used %+v, err %v; want the June period with 5 live", a.Used, err)
 		}
-		p, hours, err := s.AccountUsage(ctx, "acme", may, june.Add(-60*time.Hour))
+		p, hours, err := s.AccountUsage(ctx, "acme", PeriodMonth, may, june.Add(-60*time.Hour))
 		if err != nil {
 			t.Fatalf("AccountUsage: %v", err)
 		}
@@ -592,10 +594,10 @@ func testStoreContract(t *testing.T, open func(t *testing.T) Store) {
 			!hours[1].Hour.Equal(june) || hours[1].Admitted != 2 {
 			t.Errorf("AccountUsage hours: %+v", hours)
 		}
-		if p, _, err := s.AccountUsage(ctx, "globex", may, june); err != nil || p.Live != 0 || p.Test != 0 {
+		if p, _, err := s.AccountUsage(ctx, "globex", PeriodMonth, may, june); err != nil || p.Live != 0 || p.Test != 0 {
 			t.Errorf("AccountUsage of a period without counts: %+v, %v; want zeros", p, err)
 		}
-		if _, _, err := s.AccountUsage(ctx, "nobody", may, june); !errors.Is(err, ErrNotFound) {
+		if _, _, err := s.AccountUsage(ctx, "nobody", PeriodMonth, may, june); !errors.Is(err, ErrNotFound) {
 			t.Errorf("AccountUsage(unknown account) error = %v, want ErrNotFound", err)
 		}
 	})

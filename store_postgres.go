@@ -336,10 +336,11 @@ var postgresMigrations = []string{
 		ADD COLUMN quota_anchor timestamptz;
 	CREATE TABLE postscale_quota_usage (
 		account      text NOT NULL,
+		period       text NOT NULL,
 		period_start timestamptz NOT NULL,
 		live         bigint NOT NULL DEFAULT 0,
 		test         bigint NOT NULL DEFAULT 0,
-		PRIMARY KEY (account, period_start)
+		PRIMARY KEY (account, period_start, period)
 	);
 	CREATE TABLE postscale_hourly_usage (
 		account  text NOT NULL,
@@ -475,19 +476,20 @@ func pgScanAccount(row rowScanner) (Account, error) {
 func (s *PostgresStore) LookupKey(ctx context.Context, h [sha256.Size]byte) (KeyRecord, Account, error) {
 	var c pgAccountCols
 	var usedStart *time.Time
+	var usedPeriod *string
 	var usedLive, usedTest *int64
-	row := s.db.pool.QueryRow(ctx, `SELECT `+pgKeyColumns+`, `+pgAccountColumns+`, q.period_start, q.live, q.test
+	row := s.db.pool.QueryRow(ctx, `SELECT `+pgKeyColumns+`, `+pgAccountColumns+`, q.period, q.period_start, q.live, q.test
 		FROM postscale_keys k JOIN postscale_accounts a ON a.id = k.account
-		LEFT JOIN LATERAL (SELECT period_start, live, test FROM postscale_quota_usage
-			WHERE account = a.id ORDER BY period_start DESC LIMIT 1) q ON true
+		LEFT JOIN LATERAL (SELECT period, period_start, live, test FROM postscale_quota_usage
+			WHERE account = a.id ORDER BY period_start DESC, period = a.quota_period DESC LIMIT 1) q ON true
 		WHERE k.hash = $1`, h[:])
-	k, err := pgScanKey(row, append(c.dest(), &usedStart, &usedLive, &usedTest)...)
+	k, err := pgScanKey(row, append(c.dest(), &usedPeriod, &usedStart, &usedLive, &usedTest)...)
 	if err != nil {
 		return KeyRecord{}, Account{}, err
 	}
 	a := c.account()
 	if usedStart != nil {
-		a.Used = &PeriodUsage{Account: a.ID, Start: usedStart.UTC(), Live: *usedLive, Test: *usedTest}
+		a.Used = &PeriodUsage{Account: a.ID, Period: Period(*usedPeriod), Start: usedStart.UTC(), Live: *usedLive, Test: *usedTest}
 	}
 	return k, a, nil
 }
@@ -607,11 +609,12 @@ func (s *PostgresStore) RollKey(ctx context.Context, id string, next KeyRecord, 
 func (s *PostgresStore) RecordAccountUsage(ctx context.Context, periods []PeriodUsage, hours []HourUsage, dropBefore time.Time) ([]PeriodUsage, error) {
 	type pk struct {
 		account string
+		period  Period
 		start   time.Time
 	}
 	sorted := slices.Clone(periods)
 	slices.SortFunc(sorted, func(a, b PeriodUsage) int {
-		return cmp.Or(cmp.Compare(a.Account, b.Account), a.Start.Compare(b.Start))
+		return cmp.Or(cmp.Compare(a.Account, b.Account), a.Start.Compare(b.Start), cmp.Compare(a.Period, b.Period))
 	})
 	hs := slices.Clone(hours)
 	slices.SortFunc(hs, func(a, b HourUsage) int {
@@ -620,13 +623,13 @@ func (s *PostgresStore) RecordAccountUsage(ctx context.Context, periods []Period
 	totals := make(map[pk]PeriodUsage, len(periods))
 	err := pgx.BeginFunc(ctx, s.db.pool, func(tx pgx.Tx) error {
 		for _, p := range sorted {
-			t := PeriodUsage{Account: p.Account, Start: p.Start}
-			if err := tx.QueryRow(ctx, `INSERT INTO postscale_quota_usage AS q (account, period_start, live, test) VALUES ($1, $2, $3, $4)
-				ON CONFLICT (account, period_start) DO UPDATE SET live = q.live + excluded.live, test = q.test + excluded.test
-				RETURNING live, test`, p.Account, p.Start, p.Live, p.Test).Scan(&t.Live, &t.Test); err != nil {
+			t := PeriodUsage{Account: p.Account, Period: p.Period, Start: p.Start}
+			if err := tx.QueryRow(ctx, `INSERT INTO postscale_quota_usage AS q (account, period, period_start, live, test) VALUES ($1, $2, $3, $4, $5)
+				ON CONFLICT (account, period_start, period) DO UPDATE SET live = q.live + excluded.live, test = q.test + excluded.test
+				RETURNING live, test`, p.Account, string(p.Period), p.Start, p.Live, p.Test).Scan(&t.Live, &t.Test); err != nil {
 				return err
 			}
-			totals[pk{p.Account, p.Start.UTC()}] = t
+			totals[pk{p.Account, p.Period, p.Start.UTC()}] = t
 		}
 		if len(hs) == 0 {
 			return nil
@@ -654,19 +657,19 @@ func (s *PostgresStore) RecordAccountUsage(ctx context.Context, periods []Period
 	}
 	out := make([]PeriodUsage, len(periods))
 	for i, p := range periods {
-		out[i] = totals[pk{p.Account, p.Start.UTC()}]
+		out[i] = totals[pk{p.Account, p.Period, p.Start.UTC()}]
 	}
 	return out, nil
 }
 
 // AccountUsage implements Store.
-func (s *PostgresStore) AccountUsage(ctx context.Context, account string, periodStart, since time.Time) (PeriodUsage, []HourUsage, error) {
-	p := PeriodUsage{Account: account, Start: periodStart.UTC()}
+func (s *PostgresStore) AccountUsage(ctx context.Context, account string, period Period, periodStart, since time.Time) (PeriodUsage, []HourUsage, error) {
+	p := PeriodUsage{Account: account, Period: period, Start: periodStart.UTC()}
 	if _, err := s.GetAccount(ctx, account); err != nil {
 		return p, nil, err
 	}
-	err := s.db.pool.QueryRow(ctx, `SELECT live, test FROM postscale_quota_usage WHERE account = $1 AND period_start = $2`,
-		account, periodStart).Scan(&p.Live, &p.Test)
+	err := s.db.pool.QueryRow(ctx, `SELECT live, test FROM postscale_quota_usage WHERE account = $1 AND period_start = $2 AND period = $3`,
+		account, periodStart, string(period)).Scan(&p.Live, &p.Test)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return p, nil, err
 	}

@@ -234,10 +234,11 @@ var sqliteMigrations = []string{
 	ALTER TABLE accounts ADD COLUMN quota_anchor INTEGER;
 	CREATE TABLE quota_usage (
 		account      TEXT NOT NULL,
+		period       TEXT NOT NULL,
 		period_start INTEGER NOT NULL,
 		live         INTEGER NOT NULL DEFAULT 0,
 		test         INTEGER NOT NULL DEFAULT 0,
-		PRIMARY KEY (account, period_start)
+		PRIMARY KEY (account, period_start, period)
 	);
 	CREATE TABLE hourly_usage (
 		account  TEXT NOT NULL,
@@ -331,18 +332,19 @@ func timeArg(t *time.Time) any {
 func (s *SQLiteStore) LookupKey(ctx context.Context, h [sha256.Size]byte) (KeyRecord, Account, error) {
 	var ac accountCols
 	var usedStart, usedLive, usedTest sql.NullInt64
-	row := s.db.QueryRowContext(ctx, `SELECT `+keyColumns+`, `+accountColumnsOf("a")+`, q.period_start, q.live, q.test
+	var usedPeriod sql.NullString
+	row := s.db.QueryRowContext(ctx, `SELECT `+keyColumns+`, `+accountColumnsOf("a")+`, q.period, q.period_start, q.live, q.test
 		FROM keys k JOIN accounts a ON a.id = k.account
-		LEFT JOIN quota_usage q ON q.account = a.id
-			AND q.period_start = (SELECT max(period_start) FROM quota_usage WHERE account = a.id)
+		LEFT JOIN quota_usage q ON q.rowid = (SELECT rowid FROM quota_usage WHERE account = a.id
+			ORDER BY period_start DESC, period = a.quota_period DESC LIMIT 1)
 		WHERE k.hash = ?`, h[:])
-	k, err := scanKey(row, append(ac.dest(), &usedStart, &usedLive, &usedTest)...)
+	k, err := scanKey(row, append(ac.dest(), &usedPeriod, &usedStart, &usedLive, &usedTest)...)
 	if err != nil {
 		return k, Account{}, err
 	}
 	a := ac.account()
 	if usedStart.Valid {
-		a.Used = &PeriodUsage{Account: a.ID, Start: time.Unix(0, usedStart.Int64).UTC(), Live: usedLive.Int64, Test: usedTest.Int64}
+		a.Used = &PeriodUsage{Account: a.ID, Period: Period(usedPeriod.String), Start: time.Unix(0, usedStart.Int64).UTC(), Live: usedLive.Int64, Test: usedTest.Int64}
 	}
 	return k, a, nil
 }
@@ -523,10 +525,10 @@ func (s *SQLiteStore) RecordAccountUsage(ctx context.Context, periods []PeriodUs
 	defer tx.Rollback()
 	totals := make([]PeriodUsage, len(periods))
 	for i, p := range periods {
-		t := PeriodUsage{Account: p.Account, Start: p.Start}
-		if err := tx.QueryRowContext(ctx, `INSERT INTO quota_usage (account, period_start, live, test) VALUES (?, ?, ?, ?)
-			ON CONFLICT (account, period_start) DO UPDATE SET live = live + excluded.live, test = test + excluded.test
-			RETURNING live, test`, p.Account, p.Start.UnixNano(), p.Live, p.Test).Scan(&t.Live, &t.Test); err != nil {
+		t := PeriodUsage{Account: p.Account, Period: p.Period, Start: p.Start}
+		if err := tx.QueryRowContext(ctx, `INSERT INTO quota_usage (account, period, period_start, live, test) VALUES (?, ?, ?, ?, ?)
+			ON CONFLICT (account, period_start, period) DO UPDATE SET live = live + excluded.live, test = test + excluded.test
+			RETURNING live, test`, p.Account, string(p.Period), p.Start.UnixNano(), p.Live, p.Test).Scan(&t.Live, &t.Test); err != nil {
 			return nil, err
 		}
 		totals[i] = t
@@ -547,13 +549,13 @@ func (s *SQLiteStore) RecordAccountUsage(ctx context.Context, periods []PeriodUs
 }
 
 // AccountUsage implements Store.
-func (s *SQLiteStore) AccountUsage(ctx context.Context, account string, periodStart, since time.Time) (PeriodUsage, []HourUsage, error) {
-	p := PeriodUsage{Account: account, Start: periodStart.UTC()}
+func (s *SQLiteStore) AccountUsage(ctx context.Context, account string, period Period, periodStart, since time.Time) (PeriodUsage, []HourUsage, error) {
+	p := PeriodUsage{Account: account, Period: period, Start: periodStart.UTC()}
 	if _, err := s.GetAccount(ctx, account); err != nil {
 		return p, nil, err
 	}
-	err := s.db.QueryRowContext(ctx, `SELECT live, test FROM quota_usage WHERE account = ? AND period_start = ?`,
-		account, periodStart.UnixNano()).Scan(&p.Live, &p.Test)
+	err := s.db.QueryRowContext(ctx, `SELECT live, test FROM quota_usage WHERE account = ? AND period_start = ? AND period = ?`,
+		account, periodStart.UnixNano(), string(period)).Scan(&p.Live, &p.Test)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return p, nil, err
 	}
