@@ -137,18 +137,24 @@ type keyring struct {
 	placed     chan struct{}
 	placedOnce sync.Once
 
-	// unknown holds the hashes the store does not know (see unknownKeys);
-	// cache holds only keys it found.
-	unknown *unknownKeys
+	// unknown holds the hashes the store does not know (see hashTable);
+	// cache holds only keys it found. known holds the hashes of keys the
+	// store found in the last knownFor, whatever cache still holds: their
+	// lookups are no guesses, so failed_auth never stops them.
+	unknown, known *hashTable
 	// guessers counts the guesses of client addresses for failed_auth.
 	guessers *guessers
 
-	// inFlight counts store lookups not yet returned (including those a
-	// request stopped waiting for at its lookup timeout); past maxLookups a
-	// miss is answered at once with errLookupsBusy instead of queueing, so a
-	// flood of made-up keys holds a bounded number of store connections.
-	inFlight   atomic.Int64
-	maxLookups int64
+	// slots holds a token per store lookup not yet returned (including
+	// those a request stopped waiting for at its lookup timeout): at most
+	// cap(slots) run at once, so a flood of made-up keys holds a bounded
+	// number of store connections. A miss that finds them all taken waits
+	// for one within its lookup timeout, while the store answers and at
+	// most maxWaiting others wait; otherwise it gets errLookupsBusy at
+	// once.
+	slots      chan struct{}
+	waiting    atomic.Int64
+	maxWaiting int64
 	// shed counts misses turned away since the last warning about it, and
 	// shedLogged is when that was (unix nanoseconds): at most one a minute.
 	shed       atomic.Int64
@@ -184,13 +190,29 @@ func newKeyring(store Store, logger *zap.Logger) (*keyring, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating key cache: %w", err)
 	}
-	k := &keyring{store: store, cache: cache, unknown: newUnknownKeys(), guessers: newGuessers(), logger: logger, placed: make(chan struct{})}
-	k.maxLookups = defaultMaxLookups
+	k := &keyring{store: store, cache: cache, unknown: newHashTable(), known: newHashTable(), guessers: newGuessers(), logger: logger, placed: make(chan struct{})}
+	slots := defaultMaxLookups
 	if ls, ok := store.(lookupSlotter); ok {
-		k.maxLookups = int64(max(1, ls.lookupSlots()))
+		slots = max(1, ls.lookupSlots())
 	}
+	k.setMaxLookups(slots)
 	return k, nil
 }
+
+// setMaxLookups sets how many lookups may run at once, and how many more
+// may wait for them.
+func (k *keyring) setMaxLookups(n int) {
+	k.slots = make(chan struct{}, n)
+	k.maxWaiting = int64(n * lookupQueueFactor)
+}
+
+// lookupQueueFactor is how many misses may wait for a lookup slot, per
+// slot.
+const lookupQueueFactor = 8
+
+// knownFor is how long a key found in the store stays exempt from
+// failed_auth after its cache entry has gone.
+const knownFor = 24 * time.Hour
 
 // lookupSlotter is a Store whose connection pool bounds how many key
 // lookups may be in flight at once; lookupSlots says how many, leaving
@@ -202,7 +224,8 @@ type lookupSlotter interface{ lookupSlots() int }
 const defaultMaxLookups = 16
 
 // errLookupsBusy is the lookup error of a miss that found every lookup slot
-// taken: the store is slow or flooded, and the request gets 503 at once.
+// taken and could not wait for one: the store is slow, failing or
+// flooded, and the request gets 503.
 var errLookupsBusy = errors.New("too many key lookups in flight")
 
 // feedWait bounds how long a new keyring waits for the store's change feed
@@ -502,28 +525,28 @@ type lookupAnswer struct {
 // store lets go of it, so a store that ignores cancellation still holds no
 // more than maxLookups connections.
 func (k *keyring) load(ctx context.Context, h [sha256.Size]byte, gen uint64, p lookupPolicy) (*entry, error) {
-	if k.inFlight.Add(1) > k.maxLookups {
-		k.inFlight.Add(-1)
-		k.noteShed()
-		return nil, errLookupsBusy
-	}
 	// The lookup serves every request waiting on it, so it must not end
 	// when the first of them goes away.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.timeout)
 	defer cancel()
+	if !k.takeSlot(ctx) {
+		k.noteShed()
+		return nil, errLookupsBusy
+	}
 	metrics.storeLookups.Inc()
 	start := time.Now()
 	answered := make(chan lookupAnswer, 1)
 	go func() {
-		defer k.inFlight.Add(-1)
-		var a lookupAnswer
+		defer func() { <-k.slots }()
+		a := lookupAnswer{err: errors.New("key store lookup ended without an answer")}
 		defer func() {
 			if r := recover(); r != nil {
 				a.err = fmt.Errorf("key store lookup panicked: %v", r)
 			}
 			answered <- a
 		}()
-		a.rec, a.acct, a.err = k.store.LookupKey(ctx, h)
+		rec, acct, err := k.store.LookupKey(ctx, h)
+		a = lookupAnswer{rec: rec, acct: acct, err: err}
 	}()
 	var a lookupAnswer
 	select {
@@ -540,6 +563,7 @@ func (k *keyring) load(ctx context.Context, h [sha256.Size]byte, gen uint64, p l
 		e.usage = k.usageOf(a.rec.ID)
 		e.expires = now.Add(p.ttl)
 		k.put(e, gen, p.ttl)
+		k.known.put(&h, now, knownFor)
 	case errors.Is(a.err, ErrNotFound):
 		e = notFound
 		k.putUnknown(&h, gen, now, p.negTTL)
@@ -553,6 +577,30 @@ func (k *keyring) load(ctx context.Context, h [sha256.Size]byte, gen uint64, p l
 		k.logger.Info("key store lookups work again")
 	}
 	return e, nil
+}
+
+// takeSlot takes a lookup slot, waiting for one until ctx ends while the
+// store answers and few others wait, and reports whether it got one.
+func (k *keyring) takeSlot(ctx context.Context) bool {
+	select {
+	case k.slots <- struct{}{}:
+		return true
+	default:
+	}
+	if k.failing.Load() {
+		return false // a failing store: queueing would only add its timeout
+	}
+	if k.waiting.Add(1) > k.maxWaiting {
+		k.waiting.Add(-1)
+		return false
+	}
+	defer k.waiting.Add(-1)
+	select {
+	case k.slots <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // shedLogEvery is how often, at most, turned-away misses are logged.
@@ -569,7 +617,7 @@ func (k *keyring) noteShed() {
 	}
 	k.shed.Add(-n)
 	k.logger.Warn("every key lookup slot is taken: uncached keys get 503 until the store answers faster (logged at most once a minute)",
-		zap.Int64("lookup_slots", k.maxLookups), zap.Int64("turned_away", n))
+		zap.Int("lookup_slots", cap(k.slots)), zap.Int64("turned_away", n))
 }
 
 // putUnknown remembers h as unknown from now for ttl, and drops any found

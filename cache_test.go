@@ -526,7 +526,7 @@ func TestKeyringUnknownKeyAmidFlood(t *testing.T) {
 // TestUnknownKeysBounded: past its capacity the negative cache pushes out
 // older hashes, and a created key's hash is forgotten at once.
 func TestUnknownKeysBounded(t *testing.T) {
-	u := newUnknownKeys()
+	u := newHashTable()
 	now := time.Unix(1_800_000_000, 0)
 	var hashes [][sha256.Size]byte
 	for i := range 3 * unknownKeysCapacity {
@@ -575,7 +575,7 @@ func (s *ctxIgnoringStore) LookupKey(ctx context.Context, h [sha256.Size]byte) (
 func TestKeyringLookupBounds(t *testing.T) {
 	s := &ctxIgnoringStore{fakeStore: newFakeStore(), release: make(chan struct{}), started: make(chan struct{}, 100)}
 	k := newTestKeyring(t, s)
-	k.maxLookups = 3
+	k.setMaxLookups(3)
 	p := lookupPolicy{ttl: time.Minute, negTTL: time.Minute, timeout: 200 * time.Millisecond}
 	released := false
 	t.Cleanup(func() {
@@ -606,7 +606,7 @@ func TestKeyringLookupBounds(t *testing.T) {
 	wg.Wait()
 	// The three store calls still run: every slot is taken, and a fourth
 	// distinct miss fails at once without reaching the store.
-	if n := k.inFlight.Load(); n != 3 {
+	if n := int64(len(k.slots)); n != 3 {
 		t.Fatalf("lookups in flight after their requests timed out: %d, want 3", n)
 	}
 	made, _ := NewKey(ModeLive)
@@ -624,10 +624,48 @@ func TestKeyringLookupBounds(t *testing.T) {
 
 	close(s.release)
 	released = true
-	if _, ok := waitUntil(2*time.Second, func() bool { return k.inFlight.Load() == 0 }); !ok {
-		t.Fatalf("lookups in flight after the store answered: %d, want 0", k.inFlight.Load())
+	if _, ok := waitUntil(2*time.Second, func() bool { return int64(len(k.slots)) == 0 }); !ok {
+		t.Fatalf("lookups in flight after the store answered: %d, want 0", int64(len(k.slots)))
 	}
 	if e, _, err := testGet(k, &h, p); err != nil || e.found {
 		t.Fatalf("after the store let go: found=%v err=%v; want a not-found answer", e != nil && e.found, err)
+	}
+}
+
+// slowStore answers every lookup after a delay.
+type slowStore struct {
+	*fakeStore
+	delay time.Duration
+}
+
+func (s *slowStore) LookupKey(ctx context.Context, h [sha256.Size]byte) (KeyRecord, Account, error) {
+	time.Sleep(s.delay)
+	return s.fakeStore.LookupKey(ctx, h)
+}
+
+// TestKeyringBurstWaitsForSlots: a burst of distinct valid keys larger
+// than the lookup slots, against a store that answers, is served: misses
+// wait for a slot instead of being turned away.
+func TestKeyringBurstWaitsForSlots(t *testing.T) {
+	s := &slowStore{fakeStore: newFakeStore(), delay: 2 * time.Millisecond}
+	k := newTestKeyring(t, s)
+	k.setMaxLookups(4)
+	var hashes [][sha256.Size]byte
+	for range 30 {
+		key, _ := s.add(t)
+		hashes = append(hashes, HashKey(key))
+	}
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for i := range hashes {
+		wg.Go(func() {
+			if e, _, err := testGet(k, &hashes[i], testPolicy); err != nil || !e.found {
+				failed.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if n := failed.Load(); n != 0 {
+		t.Errorf("%d of 30 valid keys arriving at once failed with 4 lookup slots and a store that answers in 2ms", n)
 	}
 }

@@ -29,10 +29,11 @@ type FailedAuth struct {
 	Off bool `json:"off,omitempty"`
 }
 
-// Defaults of failed_auth.
+// Defaults of failed_auth, and the longest window.
 const (
 	DefaultFailedAuthCount  = 100
 	DefaultFailedAuthWindow = time.Minute
+	maxFailedAuthWindow     = 24 * time.Hour
 )
 
 // withDefaults fills the unset fields and checks the others.
@@ -46,8 +47,8 @@ func (f FailedAuth) withDefaults() (FailedAuth, error) {
 	if f.Count < 0 {
 		return f, fmt.Errorf("failed_auth: count must be at least 1, got %d", f.Count)
 	}
-	if f.Window < 0 {
-		return f, fmt.Errorf("failed_auth: window must be positive, got %s", time.Duration(f.Window))
+	if f.Window < 0 || f.Window > caddy.Duration(maxFailedAuthWindow) {
+		return f, fmt.Errorf("failed_auth: window must be positive and at most %s, got %s", maxFailedAuthWindow, time.Duration(f.Window))
 	}
 	if f.Count == 0 {
 		f.Count = DefaultFailedAuthCount
@@ -105,7 +106,8 @@ func newGuessers() *guessers {
 
 // guessAddr is the address guesses count against: the client IP as Caddy
 // determined it (trusted_proxies applied), IPv6 cut to its /64. An address
-// that does not parse (a Unix socket client, "@") counts as the zero Addr.
+// that does not parse (a Unix socket client, "@") is the zero Addr, which
+// the handler does not throttle.
 func guessAddr(clientIP string) netip.Addr {
 	a, err := netip.ParseAddr(clientIP)
 	if err != nil {

@@ -108,6 +108,10 @@ type Handler struct {
 	unknownPlans *sync.Map
 }
 
+// maxNegativeTTL bounds negative_ttl: an unknown key is looked up again
+// at least once a day.
+const maxNegativeTTL = 24 * time.Hour
+
 // Defaults of the optional fields.
 const (
 	DefaultCacheTTL      = 5 * time.Minute
@@ -247,6 +251,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.LookupTimeout < 0 {
 		return fmt.Errorf("lookup_timeout must not be negative, got %s", time.Duration(h.LookupTimeout))
+	}
+	if h.NegativeTTL > caddy.Duration(maxNegativeTTL) {
+		return fmt.Errorf("negative_ttl must be at most %s, got %s", maxNegativeTTL, time.Duration(h.NegativeTTL))
 	}
 	return nil
 }
@@ -481,15 +488,20 @@ func (h *Handler) check(r *http.Request, now time.Time) (*entry, outcome, int64)
 	}
 	e := h.keys.cached(&key.Hash, now, h.lookup)
 	if e == nil || !e.found {
-		// Not cached as valid: this may be a guess, which the client's
-		// address must have left, before any store lookup.
+		// Not cached as valid: unless the store found this key in the
+		// last day, this may be a guess, which the client's address must
+		// have left, before any store lookup. (An address Caddy could not
+		// parse, a Unix socket's, is not throttled: it would stand for
+		// every client.)
 		var ticket guessTicket
-		if h.guessLimit != nil {
+		if h.guessLimit != nil && (e != nil || !h.keys.known.has(&key.Hash, now)) {
 			ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
-			var retryAfter int64
-			var ok bool
-			if ticket, retryAfter, ok = h.keys.guessers.reserve(guessAddr(ip), now, h.guessLimit); !ok {
-				return nil, outcomeThrottled, retryAfter
+			if addr := guessAddr(ip); addr.IsValid() {
+				var retryAfter int64
+				var ok bool
+				if ticket, retryAfter, ok = h.keys.guessers.reserve(addr, now, h.guessLimit); !ok {
+					return nil, outcomeThrottled, retryAfter
+				}
 			}
 		}
 		if e == nil {

@@ -6,21 +6,23 @@ import (
 	"time"
 )
 
-// unknownKeys remembers key hashes the store answered "not found" for, each
-// until its negative TTL ends. Unlike the ristretto cache in front of it, it
-// has no admission policy and applies every write at once: a repeated
-// unknown key costs one store lookup per negative_ttl, however the other
-// cache judges it and however soon the next request comes.
+// hashTable remembers key hashes, each for a time. The keyring keeps two:
+// the hashes the store answered "not found" for, each until its negative
+// TTL ends, and the hashes of keys it found, for a day (see keyring).
+// Unlike the ristretto cache, it has no admission policy and applies every
+// write at once: a repeated unknown key costs one store lookup per
+// negative_ttl, however ristretto judges it and however soon the next
+// request comes.
 //
 // It holds at most unknownKeysCapacity hashes. Past that, a new hash
 // pushes out expired ones, or else the one of a sample that expires first
 // (see makeRoom): a flood of distinct made-up keys only ever costs fixed
 // memory and fixed work per key.
 //
-// The zero value is not usable; see newUnknownKeys. It is safe for
+// The zero value is not usable; see newHashTable. It is safe for
 // concurrent use; a shard's lock is held for a map operation, never across
 // I/O.
-type unknownKeys struct {
+type hashTable struct {
 	shards [unknownKeysShards]unknownShard
 }
 
@@ -35,24 +37,24 @@ type unknownKey struct{ loaded, expires int64 }
 
 const (
 	unknownKeysShards   = 64
-	unknownKeysCapacity = 1 << 16 // about 5 MB at most
+	unknownKeysCapacity = 1 << 16 // about 7 MB at most
 	unknownShardCap     = unknownKeysCapacity / unknownKeysShards
 )
 
-func newUnknownKeys() *unknownKeys {
-	u := new(unknownKeys)
+func newHashTable() *hashTable {
+	u := new(hashTable)
 	for i := range u.shards {
 		u.shards[i].m = make(map[[sha256.Size]byte]unknownKey)
 	}
 	return u
 }
 
-func (u *unknownKeys) shard(h *[sha256.Size]byte) *unknownShard {
+func (u *hashTable) shard(h *[sha256.Size]byte) *unknownShard {
 	return &u.shards[h[8]%unknownKeysShards]
 }
 
 // get reports whether h is known to be unknown at now, and since when.
-func (u *unknownKeys) get(h *[sha256.Size]byte, now time.Time) (loaded time.Time, ok bool) {
+func (u *hashTable) get(h *[sha256.Size]byte, now time.Time) (loaded time.Time, ok bool) {
 	s := u.shard(h)
 	s.mu.Lock()
 	v, ok := s.m[*h]
@@ -63,8 +65,14 @@ func (u *unknownKeys) get(h *[sha256.Size]byte, now time.Time) (loaded time.Time
 	return time.Unix(0, v.loaded), true
 }
 
+// has reports whether h is remembered at now.
+func (u *hashTable) has(h *[sha256.Size]byte, now time.Time) bool {
+	_, ok := u.get(h, now)
+	return ok
+}
+
 // put remembers h as unknown from loaded for ttl.
-func (u *unknownKeys) put(h *[sha256.Size]byte, loaded time.Time, ttl time.Duration) {
+func (u *hashTable) put(h *[sha256.Size]byte, loaded time.Time, ttl time.Duration) {
 	v := unknownKey{loaded: loaded.UnixNano(), expires: loaded.Add(ttl).UnixNano()}
 	s := u.shard(h)
 	s.mu.Lock()
@@ -98,7 +106,7 @@ func (s *unknownShard) makeRoom(now int64) {
 }
 
 // forget drops h, when a key with that hash may have been created.
-func (u *unknownKeys) forget(h *[sha256.Size]byte) {
+func (u *hashTable) forget(h *[sha256.Size]byte) {
 	s := u.shard(h)
 	s.mu.Lock()
 	delete(s.m, *h)
@@ -106,7 +114,7 @@ func (u *unknownKeys) forget(h *[sha256.Size]byte) {
 }
 
 // clear drops every hash.
-func (u *unknownKeys) clear() {
+func (u *hashTable) clear() {
 	for i := range u.shards {
 		s := &u.shards[i]
 		s.mu.Lock()
@@ -116,7 +124,7 @@ func (u *unknownKeys) clear() {
 }
 
 // len is how many hashes are held, expired or not.
-func (u *unknownKeys) len() int {
+func (u *hashTable) len() int {
 	n := 0
 	for i := range u.shards {
 		s := &u.shards[i]

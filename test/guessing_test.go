@@ -178,3 +178,23 @@ func TestFailedAuthOff(t *testing.T) {
 		expectRejected(t, backend, invalidKey, "/v1/emails", bearer(madeUp(t)))
 	}
 }
+
+// TestFailedAuthKeyOwnerNotLockedOut: the owner of a key that an address
+// used successfully keeps using it from that address although an attacker
+// there is throttled, also after the key's cache entry has expired.
+func TestFailedAuthKeyOwnerNotLockedOut(t *testing.T) {
+	backend := newRecorder(t, "mail")
+	store := storePath(t)
+	loadConfig(t, globalOptions(trustLoopback)+gatewaySite(store, backend.addr(), "cache_ttl 1s\n\t\tfailed_auth 3 1m"), "caddyfile")
+	createAccount(t, "acme", "starter")
+	owned := createKey(t, "acme", "owner", "live")
+	const nat = "203.0.113.99"
+	expectAdmitted(t, backend, owned.Key, "/v1/emails", from(nat))
+	for range 3 {
+		expectRejected(t, backend, invalidKey, "/v1/emails", bearer(madeUp(t)), from(nat))
+	}
+	expectRejected(t, backend, tooManyGuesses, "/v1/emails", bearer(madeUp(t)), from(nat))
+	time.Sleep(1300 * time.Millisecond) // the owner's cache entry expires
+	expectAdmitted(t, backend, owned.Key, "/v1/emails", from(nat))
+	expectRejected(t, backend, tooManyGuesses, "/v1/emails", bearer(madeUp(t)), from(nat))
+}
