@@ -114,6 +114,7 @@ func (s *PostgresStore) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	warnFewConns(s.logger, int(cfg.MaxConns))
 	s.dsn = dsn
 	s.identity = postgresIdentity(cfg.ConnConfig)
 	s.feedConfig = postgresFeedConfig(cfg.ConnConfig)

@@ -76,6 +76,7 @@ func (s *SQLiteStore) Provision(ctx caddy.Context) error {
 	if s.MaxConns == 0 {
 		s.MaxConns = defaultSQLiteMaxConns
 	}
+	warnFewConns(s.logger, s.MaxConns)
 	v, loaded, err := sqliteDBs.LoadOrNew(abs, func() (caddy.Destructor, error) {
 		return openSQLite(abs, s.MaxConns)
 	})
@@ -88,6 +89,16 @@ func (s *SQLiteStore) Provision(ctx caddy.Context) error {
 			zap.String("path", abs), zap.Int("max_conns", s.MaxConns), zap.Int("in_use", s.db.maxConns))
 	}
 	return nil
+}
+
+// warnFewConns warns about a pool too small to keep two connections free
+// of key lookups (see lookupSlotter): a hung lookup may then hold up
+// management calls and the change feed.
+func warnFewConns(logger *zap.Logger, maxConns int) {
+	if maxConns < 3 {
+		logger.Warn("max_conns below 3: lookups of uncached keys may hold every connection, and a hung store then holds up key management and the change feed too",
+			zap.Int("max_conns", maxConns))
+	}
 }
 
 // defaultSQLiteMaxConns is the pool size unless max_conns says.
