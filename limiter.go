@@ -28,3 +28,14 @@ type Limiter interface {
 type storeBound interface {
 	bind(storeIdentity string) error
 }
+
+// quotaTaker is a Limiter that keeps every replica's quota counts beside
+// its buckets (Redis) and decides a request's quota and bucket in one
+// step, so the fleet never admits more than the quota. TakeQuota is Take
+// for a live request that counts towards quota q, whose period c is in
+// this process: it reports whether the quota refused the request (then
+// no token was taken), and raises c to the fleet's count. ok false means
+// it decided nothing (its backend fails): the caller decides on c and Take.
+type quotaTaker interface {
+	TakeQuota(ctx context.Context, b bucketKey, l *limit, q *quotaPolicy, c *quotaCounter, now time.Time) (st state, exceeded, ok bool)
+}

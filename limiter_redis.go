@@ -219,25 +219,66 @@ func withoutURL(err error) error {
 // Take implements Limiter: one script run in Redis, or, while Redis is
 // failing, a decision on this replica's share.
 func (l *RedisLimiter) Take(ctx context.Context, b bucketKey, lim *limit, now time.Time) state {
-	s := l.shared
-	if s.fallback.Load() {
+	if l.shared.fallback.Load() {
 		return l.takeShare(b, lim, now)
 	}
+	res, err := l.run(ctx, []string{l.keyPrefix[b.mode] + b.account}, lim)
+	if err == nil {
+		var t takeAnswer
+		if t, err = parseTake(res, false); err == nil {
+			return decided(t.admitted, t.tokens, lim)
+		}
+	}
+	l.failed(ctx, err)
+	return l.takeShare(b, lim, now)
+}
+
+// TakeQuota implements quotaTaker: the bucket and the quota counter of a
+// live request that counts, decided in one script run in Redis, so the
+// fleet never admits more than the quota. It returns ok false, having
+// decided nothing, while Redis fails: the caller then decides on its own
+// counter and Take.
+func (l *RedisLimiter) TakeQuota(ctx context.Context, b bucketKey, lim *limit, q *quotaPolicy, c *quotaCounter, now time.Time) (st state, exceeded, ok bool) {
+	if l.shared.fallback.Load() {
+		return state{}, false, false
+	}
+	key := l.Prefix + "quota:" + b.account + ":" + string(q.Period) + ":" + strconv.FormatInt(c.start/int64(time.Second), 10)
+	res, err := l.run(ctx, []string{l.keyPrefix[b.mode] + b.account, key}, lim,
+		q.Count, c.end/int64(time.Millisecond)+quotaKeySlack.Milliseconds(), c.used.Load())
+	if err == nil {
+		var t takeAnswer
+		if t, err = parseTake(res, true); err == nil {
+			c.learnUsed(t.used)
+			if t.admitted {
+				c.unflushed.Add(1)
+			}
+			return decided(t.admitted, t.tokens, lim), t.exceeded, true
+		}
+	}
+	l.failed(ctx, err)
+	return state{}, false, false
+}
+
+// quotaKeySlack is how long a quota counter stays in Redis after its
+// period ends, for replicas whose clocks are behind.
+const quotaKeySlack = time.Hour
+
+// run runs takeScript for lim on keys, with extra arguments after the
+// bucket's (a quota's).
+func (l *RedisLimiter) run(ctx context.Context, keys []string, lim *limit, extra ...any) ([]any, error) {
 	var since int64
 	if !lim.since.IsZero() {
 		since = lim.since.UnixMicro()
 	}
 	rctx, cancel := context.WithTimeout(ctx, l.timeout)
-	res, err := takeScript.Run(rctx, s.client, []string{l.keyPrefix[b.mode] + b.account},
-		float64(lim.rate), lim.burst, since, lim.name).Slice()
-	cancel()
-	if err == nil {
-		var admitted bool
-		var tokens float64
-		if admitted, tokens, err = parseTake(res); err == nil {
-			return decided(admitted, tokens, lim)
-		}
-	}
+	defer cancel()
+	args := append([]any{float64(lim.rate), lim.burst, since, lim.name}, extra...)
+	return takeScript.Run(rctx, l.shared.client, keys, args...).Slice()
+}
+
+// failed handles a script run that gave no usable answer.
+func (l *RedisLimiter) failed(ctx context.Context, err error) {
+	s := l.shared
 	var reply redis.Error
 	switch {
 	case ctx.Err() != nil:
@@ -251,7 +292,6 @@ func (l *RedisLimiter) Take(ctx context.Context, b bucketKey, lim *limit, now ti
 	default:
 		s.fallBack(err) // no answer: fall back until a ping answers
 	}
-	return l.takeShare(b, lim, now)
 }
 
 // replyWarnEvery bounds the warnings about Redis answering the script with
@@ -270,21 +310,44 @@ func (s *redisShared) replyFailed(err error) {
 		zap.String("addr", s.addr), zap.Error(err), zap.Duration("next_warning_after", replyWarnEvery))
 }
 
-// parseTake reads the script's answer: {1 or 0, tokens left as a string}.
-func parseTake(res []any) (admitted bool, tokens float64, err error) {
-	if len(res) != 2 {
-		return false, 0, fmt.Errorf("limiter script: %d values in its answer, want 2", len(res))
+// takeAnswer is the script's answer.
+type takeAnswer struct {
+	admitted bool
+	tokens   float64
+	exceeded bool  // the quota refused the request (quota runs only)
+	used     int64 // the quota period's count after the request
+}
+
+// parseTake reads the script's answer: {1 or 0, tokens left as a string},
+// and with a quota {…, 1 if the quota refused it, the period's count}.
+func parseTake(res []any, quota bool) (takeAnswer, error) {
+	var t takeAnswer
+	want := 2
+	if quota {
+		want = 4
+	}
+	if len(res) != want {
+		return t, fmt.Errorf("limiter script: %d values in its answer, want %d", len(res), want)
 	}
 	a, ok := res[0].(int64)
-	t, ok2 := res[1].(string)
+	tok, ok2 := res[1].(string)
 	if !ok || !ok2 {
-		return false, 0, fmt.Errorf("limiter script: answer of types %T, %T, want integer, string", res[0], res[1])
+		return t, fmt.Errorf("limiter script: answer of types %T, %T, want integer, string", res[0], res[1])
 	}
-	tokens, err = strconv.ParseFloat(t, 64)
+	tokens, err := strconv.ParseFloat(tok, 64)
 	if err != nil {
-		return false, 0, fmt.Errorf("limiter script: tokens: %w", err)
+		return t, fmt.Errorf("limiter script: tokens: %w", err)
 	}
-	return a == 1, tokens, nil
+	t.admitted, t.tokens = a == 1, tokens
+	if quota {
+		x, ok := res[2].(int64)
+		u, ok2 := res[3].(int64)
+		if !ok || !ok2 {
+			return t, fmt.Errorf("limiter script: quota answer of types %T, %T, want integers", res[2], res[3])
+		}
+		t.exceeded, t.used = x == 1, u
+	}
+	return t, nil
 }
 
 // takeShare decides on this replica's share of lim, in memory. The share
@@ -548,6 +611,13 @@ func (s *redisShared) Destruct() error {
 // (Redis time) of the last admitted request, r and b the rate and burst t
 // was counted under, n the plan name. Returns {1 admitted or 0, tokens left}; tokens
 // as a string, since Redis truncates Lua numbers to integers.
+//
+// With a quota, KEYS[2] is the quota period's counter and ARGV goes on
+// with the quota's count, the unix ms at which the counter expires, and
+// the count the replica knows (which starts a counter Redis lost). The
+// quota is checked first: a request it refuses takes no token and writes
+// nothing. A request the bucket admits adds one to the counter. Returns
+// {admitted, tokens, 1 if the quota refused it else 0, the count}.
 var takeScript = redis.NewScript(`
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
@@ -555,6 +625,15 @@ local since = tonumber(ARGV[3])
 local name = ARGV[4]
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+
+local used = -1
+if KEYS[2] then
+  used = tonumber(redis.call('GET', KEYS[2]) or '-1')
+  if used < 0 then used = tonumber(ARGV[7]) end
+  if used >= tonumber(ARGV[5]) then
+    return {0, '0', 1, used}
+  end
+end
 
 local tokens = burst -- a new bucket is full
 local v = redis.call('HMGET', KEYS[1], 't', 'ts', 'r', 'b', 'n')
@@ -583,6 +662,13 @@ if (1 - tokens) / rate * 1e9 < 1 then
     'ts', string.format('%.17g', now), 'r', ARGV[1], 'b', ARGV[2],
     'n', name)
   redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil((burst - tokens) / rate * 1000)))
+  if KEYS[2] then
+    used = used + 1
+    redis.call('SET', KEYS[2], used, 'PXAT', ARGV[6])
+  end
+end
+if KEYS[2] then
+  return {admitted, string.format('%.17g', tokens), 0, used}
 end
 return {admitted, string.format('%.17g', tokens)}
 `)
@@ -590,6 +676,7 @@ return {admitted, string.format('%.17g', tokens)}
 // Interface guards.
 var (
 	_ Limiter               = (*RedisLimiter)(nil)
+	_ quotaTaker            = (*RedisLimiter)(nil)
 	_ caddy.Provisioner     = (*RedisLimiter)(nil)
 	_ caddy.CleanerUpper    = (*RedisLimiter)(nil)
 	_ caddyfile.Unmarshaler = (*RedisLimiter)(nil)

@@ -367,20 +367,37 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 				counts = true
 			}
 			qs = quotaState{policy: q, reset: secondsCeil(float64(qc.end-nowNs) / 1e9)}
-			if counts && !qc.reserve(q.Count) {
-				wh["Ratelimit-Policy"] = oneValue(vals, valPolicy, policy)
-				wh["Ratelimit"] = oneValue(vals, valRateLimit, quotaHeader(qs))
-				wh["Retry-After"] = oneValue(vals, valRetryAfter, strconv.FormatInt(max(1, qs.reset), 10))
-				countOutcome(outcomeQuotaExceeded, e.mode, l.name)
-				hour.refused.Add(1)
-				writeRejection(w, outcomeQuotaExceeded)
-				return nil
-			}
 		}
 	}
-	st := h.limiter.Take(r.Context(), bucketKey{account: e.accountID, mode: e.mode}, l, now)
-	if !st.admitted && counts {
-		qc.unreserve()
+	bk := bucketKey{account: e.accountID, mode: e.mode}
+	var st state
+	decided := false
+	if counts {
+		// A limiter that holds the fleet's counts (Redis) decides the
+		// quota with the bucket; else, or while it fails, the counter
+		// here does.
+		exceeded := false
+		if qt, ok := h.limiter.(quotaTaker); ok {
+			st, exceeded, decided = qt.TakeQuota(r.Context(), bk, l, q, qc, now)
+		}
+		if !decided && !qc.reserve(q.Count) {
+			exceeded = true
+		}
+		if exceeded {
+			wh["Ratelimit-Policy"] = oneValue(vals, valPolicy, policy)
+			wh["Ratelimit"] = oneValue(vals, valRateLimit, quotaHeader(qs))
+			wh["Retry-After"] = oneValue(vals, valRetryAfter, strconv.FormatInt(max(1, qs.reset), 10))
+			countOutcome(outcomeQuotaExceeded, e.mode, l.name)
+			hour.refused.Add(1)
+			writeRejection(w, outcomeQuotaExceeded)
+			return nil
+		}
+	}
+	if !decided {
+		st = h.limiter.Take(r.Context(), bk, l, now)
+		if !st.admitted && counts {
+			qc.unreserve()
+		}
 	}
 	if qs.policy != nil {
 		qs.remaining = max(0, q.Count-qc.used.Load())

@@ -180,6 +180,17 @@ func (c *quotaCounter) learn(total int64) {
 	}
 }
 
+// learnUsed raises used to a count that Redis, holding every replica's
+// requests, reported.
+func (c *quotaCounter) learnUsed(used int64) {
+	for {
+		u := c.used.Load()
+		if used <= u || c.used.CompareAndSwap(u, used) {
+			return
+		}
+	}
+}
+
 // quotaCounterOf returns the counter of e's account for the quota period
 // of q that holds now (unix ns), creating it on first use from what the
 // store said when e was looked up. The request path finds it in e without
