@@ -7,7 +7,7 @@ import (
 )
 
 // outcome is the result of checking one request. Every outcome maps to one
-// row of the contract's error table (SPEC §5) in rejections below.
+// row of the contract's error table (README, Errors) in rejections below.
 type outcome uint8
 
 const (

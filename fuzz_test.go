@@ -35,7 +35,7 @@ import (
 
 // FuzzAuthorization feeds bearerToken one or more Authorization values (the
 // input split at newlines, as a client sending several headers) and checks
-// it against the contract (SPEC §5): several headers are a 400 whatever
+// it against the contract (README, Errors): several headers are a 400 whatever
 // they hold; one header is parsed with a case-insensitive scheme; a token
 // it returns is what follows the scheme, non-empty, without surrounding
 // blanks; a value whose scheme is Bearer is never answered as "no key"
@@ -103,7 +103,7 @@ func cutScheme(v string) (string, bool) {
 
 // FuzzKeyChecksum builds keys from fuzzed random parts with the checksum
 // computed independently of the code under test (checksumOf), and checks
-// the properties of SPEC §2: every such key parses as an issued key with
+// the properties of README, Keys: every such key parses as an issued key with
 // the SHA-256 of the whole key; a key NewKey issues parses the same way;
 // and a change of any one character of either fails: never an issued key
 // again, and with legacy keys off never accepted at all. (CRC-32 detects
@@ -153,7 +153,7 @@ func FuzzKeyChecksum(f *testing.F) {
 				t.Fatalf("%q, one character off the issued %q, parsed as an issued key", changed, key)
 			}
 		}
-		// The checksum is the one any tool can compute (SPEC §2).
+		// The checksum is the one any tool can compute (README, Keys).
 		if got := issued[40:]; got != checksumOf(issued[:40]) || crc32.ChecksumIEEE([]byte(issued[:40])) != crcIEEE([]byte(issued[:40])) {
 			t.Fatalf("NewKey(%s) = %q: checksum %s, want %s", mode, issued, got, checksumOf(issued[:40]))
 		}
@@ -163,7 +163,7 @@ func FuzzKeyChecksum(f *testing.F) {
 // ---- keys in the query ----
 
 // FuzzCredentialsInQuery checks the query check against the test's own
-// model of SPEC §5: a query in which a common parser would find a
+// model of README, Errors: a query in which a common parser would find a
 // parameter named api_key, access_token or key (in any case, after
 // percent-decoding, separated by & or by ; as some frameworks do, with or
 // without a [] suffix) is refused. The reverse is loose on purpose: a

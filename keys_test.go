@@ -12,7 +12,7 @@ import (
 
 var issuedKeyPattern = regexp.MustCompile(`^ps_(live|test)_[0-9A-Za-z]{38}$`)
 
-// checksumOf computes the SPEC §2 checksum independently of the code under
+// checksumOf computes the README, Keys checksum independently of the code under
 // test: CRC-32 (IEEE) in base62, most significant digit first, 6 digits.
 func checksumOf(prefixAndRandom string) string {
 	c := crc32.ChecksumIEEE([]byte(prefixAndRandom))

@@ -128,6 +128,10 @@ func (s *PostgresStore) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("store %s: %w", s.identity, err)
 	}
 	s.db, s.pooled = v.(*postgresDB), true
+	if !loaded {
+		// Once per process and DSN; the identity never holds the password.
+		s.logger.Info("key store opened", zap.String("store", s.identity))
+	}
 	if !postgresEncrypted(cfg.ConnConfig) {
 		s.logger.Warn("dsn: connections to the store may go unencrypted; set sslmode=verify-full",
 			zap.String("store", s.identity))

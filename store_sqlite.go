@@ -84,6 +84,11 @@ func (s *SQLiteStore) Provision(ctx caddy.Context) error {
 		return err
 	}
 	s.db = v.(*sqliteDB)
+	if !loaded {
+		// Once per process and file: a reload that keeps the file reuses
+		// the open database and says nothing.
+		s.logger.Info("key store opened", zap.String("store", "sqlite"), zap.String("path", abs))
+	}
 	if loaded && s.db.maxConns != s.MaxConns {
 		s.logger.Warn("max_conns differs from the pool already open for this file; it applies once no config uses the old pool",
 			zap.String("path", abs), zap.Int("max_conns", s.MaxConns), zap.Int("in_use", s.db.maxConns))

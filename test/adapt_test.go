@@ -107,7 +107,7 @@ func TestExampleGoldenIsCurrent(t *testing.T) {
 // TestPostscaleOrderedFirst: in the adapted JSON of the example and of a
 // site that writes postscale last, the postscale handler comes before
 // every handle, route, respond and reverse_proxy of its site, without any
-// `order` option (SPEC §9).
+// `order` option (README, The `postscale` directive).
 func TestPostscaleOrderedFirst(t *testing.T) {
 	for _, path := range []string{"../Caddyfile", "testdata/adapt/no_order.caddyfiletest"} {
 		t.Run(filepath.Base(path), func(t *testing.T) {

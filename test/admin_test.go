@@ -12,7 +12,7 @@ import (
 	postscale "github.com/postscale/caddy-postscale"
 )
 
-// TestAdminAPI: the management calls of SPEC §6 that exist, as an operator
+// TestAdminAPI: the management calls of README, Managing keys that exist, as an operator
 // uses them: records come back without secrets or hashes, and mistakes get
 // 4xx answers instead of doing something.
 func TestAdminAPI(t *testing.T) {

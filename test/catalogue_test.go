@@ -20,7 +20,7 @@ import (
 )
 
 // The bad-input catalogue: what a hostile or careless client can send, each
-// case with the answer the contract documents (SPEC §5; the server's own
+// case with the answer the contract documents (README, Errors; the server's own
 // refusal where a request never reaches the gateway), checking that nothing
 // unverified reaches the backend and that the gateway keeps serving a
 // well-behaved client throughout (one in the background, and a cached key

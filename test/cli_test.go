@@ -49,7 +49,7 @@ func cliCreateKeyJSON(t *testing.T, args ...string) createdKey {
 
 // TestRevokeThroughStoreFile: a key revoked by a process that writes the
 // store directly (here the CLI with --store) stops working on the running
-// server within 1 second, though the server had it cached (SPEC §6).
+// server within 1 second, though the server had it cached (README, Managing keys).
 func TestRevokeThroughStoreFile(t *testing.T) {
 	backend, store := startGateway(t, "")
 	cli(t, "--store", store, "account", "create", "acme", "--plan", "growth")

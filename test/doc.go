@@ -2,7 +2,7 @@
 // runs a real Caddy in-process (caddytest) with the plugin, a recording
 // backend behind it, and drives it the way clients and operators do —
 // HTTP requests, the admin API under /postscale/, and the `caddy
-// postscale` command — asserting the contract of SPEC §4, §5, §6 and §9.
+// postscale` command — asserting the contract the README states (What the backend receives, Errors, Managing keys, the directive).
 //
 // caddytest runs one Caddy per test binary, on ports chosen free when the
 // binary starts (see choosePorts), so no test here may call t.Parallel,

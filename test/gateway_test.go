@@ -14,7 +14,7 @@ import (
 	_ "modernc.org/sqlite"
 )
 
-// TestErrorTable walks every row of SPEC §5 the gateway implements through
+// TestErrorTable walks every row of README, Errors the gateway implements through
 // the real server: each rejection has its exact status, WWW-Authenticate,
 // JSON error, and never reaches the backend.
 func TestErrorTable(t *testing.T) {
@@ -95,7 +95,7 @@ func otherBase62(c byte) string {
 
 // TestStoreUnavailable: a key the cache does not hold, while the store
 // cannot answer, gets 503 with Retry-After, never 401 — and nothing reaches
-// the backend. A cached key keeps working (SPEC §7).
+// the backend. A cached key keeps working (README, Errors).
 //
 // An already-open SQLite pool is hard to make fail from outside: chmod
 // does not stop root, and removing or replacing the file leaves the open
@@ -372,7 +372,7 @@ func TestPlaceholders(t *testing.T) {
 
 // TestNoOrderNeeded: with postscale in a site next to top-level handle,
 // route, respond and reverse_proxy, and no `order` option anywhere, none
-// of them can be reached without a key (SPEC §9).
+// of them can be reached without a key (README, The `postscale` directive).
 func TestNoOrderNeeded(t *testing.T) {
 	backend := newRecorder(t, "mail")
 	loadCaddyfile(t, fmt.Sprintf(`:{$POSTSCALE_TEST_HTTP_PORT} {
@@ -486,7 +486,7 @@ func TestJSONConfig(t *testing.T) {
 }
 
 // TestReloadKeepsWarmCache: a config reload that keeps the store keeps the
-// key cache (SPEC §3): with the store unable to answer, a key cached before
+// key cache (README, Rate limits): with the store unable to answer, a key cached before
 // the reload still works after it, while an uncached one gets 503.
 func TestReloadKeepsWarmCache(t *testing.T) {
 	backend := newRecorder(t, "mail")

@@ -24,7 +24,7 @@ import (
 // body — may appear in any log, any CLI output but the one answer that
 // creates or rolls it, any admin answer but that one, the metrics, or any
 // file under the data directory (the store keeps SHA-256 hashes only; its
-// file's bytes are searched too). SPEC §2: a key is never logged, never
+// file's bytes are searched too). README, Keys: a key is never logged, never
 // written to disk, never put in an error message.
 func TestNoKeyLeaks(t *testing.T) {
 	dataDir := t.TempDir()

@@ -14,7 +14,7 @@ import (
 	"time"
 )
 
-// The life of a key through a real Caddy (SPEC §6): revoked under load,
+// The life of a key through a real Caddy (README, Managing keys): revoked under load,
 // rolled with a grace period, limited to scopes, imported from the legacy
 // system, counted, and its account's plan changed.
 

@@ -15,7 +15,7 @@ import (
 // from the environment at provision. Keys made through its admin API
 // work; a revocation written by another replica (here a store opened on
 // the same database) is rejected by this one long before its cache TTL,
-// through the change feed (SPEC §7: within 100 ms; asserted loosely, at
+// through the change feed (README, The PostgreSQL store: within 100 ms; asserted loosely, at
 // 1s, and logged).
 func TestPostgresGateway(t *testing.T) {
 	dsn := testenv.Postgres(t)

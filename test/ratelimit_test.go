@@ -12,7 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 )
 
-// The rate limits of SPEC §3 as a client sees them: 429 with Retry-After,
+// The rate limits of README, Rate limits as a client sees them: 429 with Retry-After,
 // the RateLimit-Policy and RateLimit fields, one bucket per (account,
 // mode), and buckets that survive reloads. Plans with tiny rates (a token
 // every several seconds) keep the checks independent of how fast the
@@ -22,7 +22,7 @@ import (
 var (
 	rateLimited = rejection{http.StatusTooManyRequests, "", "rate_limit_error", "rate_limit_exceeded", true}
 	// planNotConfigured is the answer for an account whose plan the
-	// gateway does not know (not in SPEC §5's table; it fails closed).
+	// gateway does not know (not in the README's error table; it fails closed).
 	planNotConfigured = rejection{http.StatusServiceUnavailable, "", "api_error", "plan_not_configured", false}
 )
 
@@ -237,7 +237,7 @@ func TestRateLimitBucketPerAccountAndMode(t *testing.T) {
 }
 
 // TestRateLimitSurvivesReload: a reload that keeps the plans keeps the
-// buckets (SPEC §3): an exhausted account stays exhausted — no free burst
+// buckets (README, Rate limits): an exhausted account stays exhausted — no free burst
 // — through a forced reload of the same config (`caddy reload --force`),
 // a plain reload of the same config, and a reload that changes something
 // else.

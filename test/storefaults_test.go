@@ -25,7 +25,7 @@ import (
 	"github.com/postscale/caddy-postscale/internal/testenv"
 )
 
-// Store faults (SPEC §7) for both stores, through the in-process Caddy:
+// Store faults (README, When PostgreSQL or Redis is down) for both stores, through the in-process Caddy:
 // while the store is unreachable, hung, or answering with errors, cached
 // keys keep working, uncached keys get 503 store_unavailable with
 // Retry-After within lookup_timeout (never 401), nothing reaches the
