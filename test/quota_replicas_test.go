@@ -101,3 +101,42 @@ func TestQuotaOvershootWithoutRedis(t *testing.T) {
 		assertRejected(t, g.send(t, http.MethodPost, "/v1/emails", key), quotaExceeded)
 	}
 }
+
+// TestQuotaCrashLoss: a gateway killed without warning loses at most the
+// counts of its last second (they were not flushed yet); one stopped
+// gracefully loses none.
+func TestQuotaCrashLoss(t *testing.T) {
+	const rate = 100
+	gws, key := quotaFleet(t, 1, "q", fmt.Sprintf(`plan q %d {
+			quota 100000 day
+		}`, rate))
+	g := gws[0]
+	usage := func() int64 {
+		var u usageDoc
+		g.admin(t, http.MethodGet, "/postscale/accounts/acme/usage", nil, http.StatusOK, &u)
+		return u.Live
+	}
+
+	// A graceful stop flushes every count.
+	o := offer(t, gws, key, rate, 1500*time.Millisecond)
+	sent := o.admitted.Load() + 1 // and the warm-up
+	g.stop(t)
+	g.start(t)
+	if got := usage(); got != sent {
+		t.Errorf("after a graceful stop: %d counted, want all %d admitted", got, sent)
+	}
+
+	// A kill loses what the last flush had not written: at most a
+	// second of admitted requests, here rate × 1s.
+	o = offer(t, gws, key, rate, 1500*time.Millisecond)
+	sent += o.admitted.Load()
+	_ = g.cmd.Process.Kill()
+	<-g.done
+	g.done <- nil
+	g.start(t)
+	got := usage()
+	t.Logf("after a kill: %d of %d admitted requests counted; lost %d (bound: rate × 1s = %d)", got, sent, sent-got, rate)
+	if got > sent || sent-got > rate {
+		t.Errorf("after a kill: %d counted of %d admitted; want at most %d lost", got, sent, rate)
+	}
+}
