@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -342,5 +343,30 @@ func BenchmarkThrottledAddress(b *testing.B) {
 	}
 	if n := s.lookups.Load(); n != 1 {
 		b.Fatalf("a throttled address reached the store %d times, want 1", n)
+	}
+}
+
+// BenchmarkCachedKeyQuota is BenchmarkCachedKey on a plan with a monthly
+// quota: the quota's counting and header on top.
+func BenchmarkCachedKeyQuota(b *testing.B) {
+	s := newFakeStore()
+	h := newTestHandler(b, s, map[string]Plan{"growth": {Rate: maxRate, Burst: maxBurst, Quota: &Quota{Count: maxQuota, Period: PeriodMonth}}})
+	key, _ := s.add(b)
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	r, _ := newRequest(key)
+	auth := []string{"Bearer " + key}
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, r, next); err != nil {
+		b.Fatal(err)
+	}
+	h.keys.cache.Wait()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		r.Header["Authorization"] = auth
+		_ = h.ServeHTTP(w, r, next)
+	}
+	if got := w.Header().Get("RateLimit-Policy"); !strings.Contains(got, "growth-month") {
+		b.Fatalf("RateLimit-Policy %q names no quota", got)
 	}
 }
