@@ -70,12 +70,15 @@ func FuzzAuthorization(f *testing.F) {
 			if !ok || strings.Trim(rest, " \t") != token {
 				t.Fatalf("bearerToken(%q) returned token %q, which is not what follows the Bearer scheme", v, token)
 			}
-		case outcomeMissing, outcomeInvalid:
+		case outcomeMissing, outcomeWrongScheme, outcomeInvalid:
 			if token != "" {
 				t.Fatalf("bearerToken(%q) rejected the value but returned token %q", v, token)
 			}
-			if _, ok := cutScheme(v); ok && o == outcomeMissing {
+			if _, ok := cutScheme(v); ok && o != outcomeInvalid {
 				t.Fatalf("bearerToken(%q): the scheme is Bearer, but the answer is missing_api_key (no key sent)", v)
+			}
+			if (o == outcomeMissing) != (strings.Trim(v, " \t") == "") {
+				t.Fatalf("bearerToken(%q): outcome %d; want \"no API key provided\" for a blank value only, and \"wrong scheme\" for any other value that is not Bearer", v, o)
 			}
 		default:
 			t.Fatalf("bearerToken(%q): unexpected outcome %d for one header", v, o)
