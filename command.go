@@ -15,6 +15,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -297,13 +298,13 @@ hash (scopes optional, space-separated). JSON is a list of objects with the
 same fields, or {"keys": [...]}. Plaintext keys are hashed and never stored.`,
 		Args: cobra.ExactArgs(1),
 		RunE: withManager(func(ctx context.Context, cmd *cobra.Command, m Manager, args []string) error {
-			req, err := readImportFile(args[0])
+			req, lines, err := readImportFile(args[0])
 			if err != nil {
 				return err
 			}
 			res, err := m.ImportKeys(ctx, req)
 			if err != nil {
-				return err
+				return atImportLine(err, args[0], lines)
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "Imported %d keys.\n", len(res.Imported))
 			return printJSON(cmd.OutOrStdout(), res.Imported)
@@ -353,12 +354,16 @@ func warnUncheckedPlan(cmd *cobra.Command, m Manager, plan string) {
 		plan, d.unchecked)
 }
 
-// readImportFile reads legacy keys from CSV or JSON.
-func readImportFile(path string) (ImportRequest, error) {
-	var req ImportRequest
+// readImportFile reads legacy keys from CSV or JSON. For CSV it also
+// returns the line each key was on, by its index in the request.
+func readImportFile(path string) (ImportRequest, []int, error) {
+	var (
+		req   ImportRequest
+		lines []int
+	)
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return req, err
+		return req, nil, err
 	}
 	trimmed := bytes.TrimSpace(data)
 	switch {
@@ -367,21 +372,52 @@ func readImportFile(path string) (ImportRequest, error) {
 	case bytes.HasPrefix(trimmed, []byte("{")):
 		err = json.Unmarshal(trimmed, &req)
 	default:
-		req.Keys, err = readImportCSV(bytes.NewReader(data))
+		req.Keys, lines, err = readImportCSV(bytes.NewReader(data))
 	}
 	if err != nil {
-		return req, fmt.Errorf("reading %s: %w", path, err)
+		return req, nil, fmt.Errorf("reading %s: %w", path, err)
 	}
-	return req, nil
+	return req, lines, nil
 }
 
-func readImportCSV(r io.Reader) ([]ImportedKey, error) {
-	rows, err := csv.NewReader(r).ReadAll()
-	if err != nil {
-		return nil, err
+// importIndex finds the first keys[i] an import error names.
+var importIndex = regexp.MustCompile(`keys\[(\d+)\]`)
+
+// atImportLine puts the file and line of the CSV row that an import error
+// is about (keys[i], as the instance or the store named it) before the
+// error, so that it can be found in the file; the key itself is never
+// shown.
+func atImportLine(err error, path string, lines []int) error {
+	m := importIndex.FindStringSubmatch(err.Error())
+	if m == nil || lines == nil {
+		return err
+	}
+	i, convErr := strconv.Atoi(m[1])
+	if convErr != nil || i >= len(lines) {
+		return err
+	}
+	return fmt.Errorf("%s, line %d: %w", path, lines[i], err)
+}
+
+func readImportCSV(r io.Reader) ([]ImportedKey, []int, error) {
+	cr := csv.NewReader(r)
+	var (
+		rows  [][]string
+		lines []int
+	)
+	for {
+		row, err := cr.Read()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		line, _ := cr.FieldPos(0)
+		rows, lines = append(rows, row), append(lines, line)
 	}
 	if len(rows) < 2 {
-		return nil, fmt.Errorf("want a header row (account,name,mode,key or hash) and at least one key")
+		return nil, nil, fmt.Errorf("want a header row (account,name,mode,key or hash) and at least one key")
 	}
 	col := map[string]int{}
 	for i, name := range rows[0] {
@@ -389,7 +425,7 @@ func readImportCSV(r io.Reader) ([]ImportedKey, error) {
 	}
 	for _, need := range []string{"account", "name"} {
 		if _, ok := col[need]; !ok {
-			return nil, fmt.Errorf("header row has no %q column", need)
+			return nil, nil, fmt.Errorf("header row has no %q column", need)
 		}
 	}
 	get := func(row []string, name string) string {
@@ -406,12 +442,15 @@ func readImportCSV(r io.Reader) ([]ImportedKey, error) {
 		}
 		keys = append(keys, k)
 	}
-	return keys, nil
+	return keys, lines[1:], nil
 }
 
+// printJSON prints v indented, and as written: a name such as "ci <eu>"
+// shows as it is, not as \u003ceu\u003e.
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
 	return enc.Encode(v)
 }
 
@@ -611,13 +650,35 @@ func (c adminClient) call(method, uri string, in, out any) error {
 	}
 	resp, err := caddycmd.AdminAPIRequest(c.addr, method, uri, nil, body)
 	if err != nil {
-		return err
+		return adminError(err)
 	}
 	defer resp.Body.Close()
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 		return fmt.Errorf("reading the admin API's answer: %v", err)
 	}
 	return nil
+}
+
+// adminAnswer is how caddycmd.AdminAPIRequest reports an error status:
+// the status, then the body as it came.
+var adminAnswer = regexp.MustCompile(`(?s)^caddy responded with error: HTTP (\d{3}): (.*)$`)
+
+// adminError turns the error of an admin API call into the message a
+// person should read: the instance's own message, out of the JSON error
+// body ({"error": "…"}) that caddycmd quotes whole. An answer that is not
+// such a body is shown as it came, with its status.
+func adminError(err error) error {
+	m := adminAnswer.FindStringSubmatch(err.Error())
+	if m == nil {
+		return err
+	}
+	var doc struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal([]byte(m[2]), &doc) != nil || doc.Error == "" {
+		return fmt.Errorf("the admin endpoint answered HTTP %s: %s", m[1], strings.TrimSpace(m[2]))
+	}
+	return errors.New(doc.Error)
 }
 
 // adminCall calls the admin API and decodes its answer as a T.
