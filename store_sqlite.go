@@ -122,6 +122,47 @@ func OpenSQLiteStore(path string) (*SQLiteStore, error) {
 	return &SQLiteStore{Path: path, db: db, PollInterval: caddy.Duration(250 * time.Millisecond), MaxConns: defaultSQLiteMaxConns, logger: zap.NewNop()}, nil
 }
 
+// ErrNoStore means there is no store where one was to be read.
+var ErrNoStore = errors.New("no store")
+
+// OpenSQLiteStoreReadOnly opens the store at path for reading only, as the
+// CLI does for a command that only reads: it never creates the file, nor
+// changes it. A missing file, or one that holds no store, is ErrNoStore;
+// a store of an older schema must be migrated first (by the gateway, or
+// any command that writes). Close it with Close.
+func OpenSQLiteStoreReadOnly(path string) (*SQLiteStore, error) {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w at %s: the file does not exist", ErrNoStore, path)
+	} else if err != nil {
+		return nil, fmt.Errorf("store %s: %w", path, err)
+	}
+	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro&_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)")
+	if err != nil {
+		return nil, fmt.Errorf("opening store %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(2)
+	ctx, cancel := context.WithTimeout(context.Background(), sqliteOpenTimeout)
+	defer cancel()
+	var version int
+	if err := db.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&version); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store %s: %w", path, err)
+	}
+	switch {
+	case version == 0:
+		db.Close()
+		return nil, fmt.Errorf("%w at %s: the file holds no postscale tables", ErrNoStore, path)
+	case version < len(sqliteMigrations):
+		db.Close()
+		return nil, fmt.Errorf("store %s: schema version %d is older than this build's (%d); start the gateway on it, or run a command that writes, to migrate it",
+			path, version, len(sqliteMigrations))
+	case version > len(sqliteMigrations):
+		db.Close()
+		return nil, fmt.Errorf("store %s: schema version %d is newer than this build knows (%d)", path, version, len(sqliteMigrations))
+	}
+	return &SQLiteStore{Path: path, db: &sqliteDB{DB: db, maxConns: 2}, PollInterval: caddy.Duration(250 * time.Millisecond), MaxConns: 2, logger: zap.NewNop()}, nil
+}
+
 // retain keeps the database open, even past this config's Cleanup, until
 // the returned function is called: the keyring uses it to flush the last
 // usage counts on shutdown.
