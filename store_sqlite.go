@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -183,9 +184,65 @@ func (s *SQLiteStore) Identity() string { return "sqlite:" + s.Path }
 type sqliteDB struct {
 	*sql.DB
 	maxConns int
+
+	// presence is this process's entry in the registry of gateway
+	// processes serving the file (see presence.go), once a serving config
+	// has started on it. It lives as long as the pool, so across reloads.
+	presenceMu sync.Mutex
+	presence   *presence
 }
 
-func (d *sqliteDB) Destruct() error { return d.Close() }
+func (d *sqliteDB) Destruct() error {
+	d.presenceMu.Lock()
+	if d.presence != nil {
+		d.presence.release()
+		d.presence = nil
+	}
+	d.presenceMu.Unlock()
+	return d.Close()
+}
+
+// announce enters this process in the registry of gateway processes that
+// serve the store file, once per pool (so not again on a reload, which
+// only records a new admin address), and warns, naming them, of the other
+// processes that serve it too. It is for serving processes only (see
+// App.Start).
+//
+// It warns rather than refuses to start. Refusing would turn an overshoot
+// of the rate limits into an outage in the cases an operator runs into
+// most: a restart whose old process is still draining its connections
+// (grace_period) when the new one starts, or a hand-over from an old
+// binary to a new one on the same ports. Keys are checked the same by
+// every process; what the operator must learn, at once and by name, is
+// that limits are no longer per plan.
+func (s *SQLiteStore) announce(admin string, logger *zap.Logger) {
+	d := s.db
+	d.presenceMu.Lock()
+	defer d.presenceMu.Unlock()
+	if d.presence != nil {
+		if err := d.presence.setAdmin(admin); err != nil {
+			logger.Debug("updating this process's entry beside the store", zap.String("store", s.Path), zap.Error(err))
+		}
+		return
+	}
+	p, others, err := registerPresence(s.Path, admin)
+	if err != nil {
+		if !errors.Is(err, errNoLocks) {
+			logger.Warn("could not check for other gateway processes serving this store", zap.String("store", s.Path), zap.Error(err))
+		}
+		return
+	}
+	d.presence = p
+	if len(others) == 0 {
+		return
+	}
+	logger.Warn(fmt.Sprintf("another gateway process on this host serves the same store (%s). "+
+		"With the local limiter each process keeps its own rate-limit buckets, and processes on the same ports share the traffic, "+
+		"so together they admit up to %d times each account's plan. Stop the other process, give each its own store, "+
+		"or share the limits through limiter redis", describeGateways(others), len(others)+1),
+		zap.String("store", s.Path), zap.Int("processes", len(others)+1),
+		zap.Int("other_pid", others[0].PID), zap.String("other_admin", others[0].Admin))
+}
 
 // openSQLite opens the database file at path with a pool of at most
 // maxConns connections, creating and migrating it as needed.
