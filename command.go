@@ -574,8 +574,32 @@ func runManager(cmd *cobra.Command, args []string, acc access, run func(context.
 	if created != "" {
 		fmt.Fprintf(cmd.ErrOrStderr(), "Created a new store at %s.\n", created)
 	}
+	noteGateways(cmd.ErrOrStderr(), storeName)
 	m.store = s
 	return run(ctx, cmd, m, args)
+}
+
+// noteGateways says on w which gateway processes on this host serve the
+// SQLite store the command works on directly, and how to go through one
+// instead: a mistyped --address lands here too.
+func noteGateways(w io.Writer, storeName string) {
+	if isPostgresDSN(storeName) {
+		return
+	}
+	path, err := filepath.Abs(storeName)
+	if err != nil {
+		return
+	}
+	gs, err := gatewaysOf(path, false)
+	if err != nil || len(gs) == 0 {
+		return
+	}
+	through := ""
+	if admin := gs[0].Admin; admin != "" && admin != "disabled" {
+		through = "; to go through it, give --address " + admin
+	}
+	fmt.Fprintf(w, "Note: a running gateway serves this store (%s). It picks the change up within its poll_interval%s.\n",
+		describeGateways(gs), through)
 }
 
 // adminDialTimeout bounds the CLI's check for a running instance. An admin

@@ -98,9 +98,21 @@ func TestSecondGatewayOnSameStore(t *testing.T) {
 		t.Errorf("%d entries in %s, want one per gateway (2)", n, registry)
 	}
 
-	// The CLI opens the store beside them, and registers nothing.
-	cli(t, "--store", store, "account", "create", "acme", "--plan", "growth")
-	cli(t, "--store", store, "key", "list", "--account", "acme")
+	// The CLI opens the store beside them, registers nothing, and says
+	// which gateways serve the store and how to go through one.
+	for _, args := range [][]string{
+		{"--store", store, "account", "create", "acme", "--plan", "growth"},
+		{"--store", store, "key", "list", "--account", "acme"},
+	} {
+		_, stderr, err := runCLI(args...)
+		if err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		if !strings.Contains(stderr, "Note: a running gateway serves this store (pid "+strconv.Itoa(a.cmd.Process.Pid)) ||
+			!strings.Contains(stderr, "pid "+strconv.Itoa(b.cmd.Process.Pid)) || !strings.Contains(stderr, "give --address ") {
+			t.Errorf("%v: stderr %q, want a note naming A and B and --address", args, stderr)
+		}
+	}
 	if n := entries(); n != 2 {
 		t.Errorf("after CLI commands, %d entries in %s, want 2", n, registry)
 	}
