@@ -512,9 +512,10 @@ func withAccess(acc access, run func(context.Context, *cobra.Command, Manager, [
 //     on stderr.
 //
 // Any other failure to reach the admin endpoint (a timeout, an unknown
-// host, a malformed address) is an error: a change made straight on a
-// store that a running instance does not use would be lost on the
-// operator, and one made on the store it does use would skip its cache.
+// host, a malformed address) is an error: the instance may well run, and
+// a change made straight on a store it does not use would never reach it,
+// while a revocation made on the one it uses would not yet be in force
+// there when the command returns.
 func runManager(cmd *cobra.Command, args []string, acc access, run func(context.Context, *cobra.Command, Manager, []string) error) error {
 	fl := cmd.Flags()
 	storeName, _ := fl.GetString("store")
