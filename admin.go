@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 )
 
 // adminAPI serves account and key management under /postscale/ on Caddy's
@@ -57,7 +58,38 @@ const (
 	maxImportBody = maxImport*maxImportRow + maxAdminBody
 )
 
+// serve answers a management call. It writes its errors itself, in
+// Caddy's admin error form {"error": "…"}, rather than handing them to
+// Caddy, whose writer escapes <, > and & (a path would show as
+// \u003c…\u003e); like Caddy, it logs each one.
 func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+	err := a.handle(w, r)
+	if err == nil {
+		return nil
+	}
+	apiErr, ok := err.(caddy.APIError)
+	if !ok {
+		apiErr = caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err}
+	}
+	if apiErr.Message == "" && apiErr.Err != nil {
+		apiErr.Message = apiErr.Err.Error()
+	}
+	caddy.Log().Named("admin.api").Error("request error", zap.Error(err), zap.Int("status_code", apiErr.HTTPStatus))
+	return writeJSON(w, apiErr.HTTPStatus, apiErr)
+}
+
+// writeJSON writes v as the JSON answer of a management call, with the
+// given status: as written (no HTML escapes), and ending with a newline.
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}
+
+func (a *adminAPI) handle(w http.ResponseWriter, r *http.Request) error {
 	// A key pasted where an id belongs is refused before anything else,
 	// and never repeated (Caddy has already logged the request's URI).
 	if err := keyInURL(r); err != nil {
@@ -169,10 +201,7 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		// sure of it.
 		return caddy.APIError{HTTPStatus: errorStatus(err), Err: errors.New(scrubKeys(err.Error()))}
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	return json.NewEncoder(w).Encode(out)
+	return writeJSON(w, status, out)
 }
 
 // keyring returns the keyring of the running config's store, and the

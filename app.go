@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 )
 
 // App is the postscale app: the registry of the key stores (and their
@@ -17,6 +18,10 @@ import (
 // the admin API manages. Handlers load it themselves, so it needs no
 // configuration of its own.
 type App struct {
+	logger *zap.Logger
+	// admin is the admin endpoint address of the app's config, if known.
+	admin string
+
 	mu       sync.Mutex
 	keyrings map[string]*keyring // by store identity
 	// planNames are the names of the plans the handlers define, by the
@@ -34,8 +39,38 @@ func (*App) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Start implements caddy.App.
-func (a *App) Start() error { return nil }
+// Provision implements caddy.Provisioner.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	a.admin = configAdmin(ctx)
+	return nil
+}
+
+// Start implements caddy.App: now that the config serves, each store that
+// lives on this host (a SQLite file) learns that this process serves it,
+// and warns of other processes that do too. (Not at provisioning, which
+// caddy validate also does.)
+func (a *App) Start() error {
+	a.mu.Lock()
+	stores := make([]Store, 0, len(a.keyrings))
+	for _, k := range a.keyrings {
+		stores = append(stores, k.store)
+	}
+	a.mu.Unlock()
+	for _, s := range stores {
+		if hl, ok := s.(hostLocal); ok {
+			hl.announce(a.admin, a.logger)
+		}
+	}
+	return nil
+}
+
+// hostLocal is a store that lives on this host, which the gateway
+// processes serving it register with (see presence.go). A shared store
+// (PostgreSQL) is not: several replicas on it are the design.
+type hostLocal interface {
+	announce(admin string, logger *zap.Logger)
+}
 
 // Stop implements caddy.App.
 func (a *App) Stop() error { return nil }
@@ -127,4 +162,8 @@ func (a *App) keyring(identity string) (*keyring, error) {
 }
 
 // Interface guards.
-var _ caddy.App = (*App)(nil)
+var (
+	_ caddy.App         = (*App)(nil)
+	_ caddy.Provisioner = (*App)(nil)
+	_ hostLocal         = (*SQLiteStore)(nil)
+)

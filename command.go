@@ -9,13 +9,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -36,11 +40,17 @@ Manages the accounts and API keys of the Postscale gateway.
 When a Caddy instance runs, the commands go through its admin endpoint
 (found like 'caddy reload' finds it: --address, or the admin address in
 --config, or ` + caddy.DefaultAdminListen + `), so the instance applies a
-revocation before the command returns. When none runs, they open the
-store directly: ` + "`--store`" + ` names a SQLite file (default
-postscale/keys.db in Caddy's data directory) or a PostgreSQL URL
-(postgres://…), and running servers pick the change up within a second
-(PostgreSQL pushes it to them at once).
+revocation before the command returns.
+
+Only when nothing listens at that address (connection refused) do they
+open a store directly, saying which on stderr: the store of the postscale
+handler in --config (read as 'caddy run' reads it, with --adapter), or
+without --config the default one, postscale/keys.db in Caddy's data
+directory. A timeout or an unknown host is an error, not a reason to
+fall back. ` + "`--store`" + ` names a store to use directly in any case: a
+SQLite file or a PostgreSQL URL (postgres://…). Running servers pick a
+change made directly up within a second (PostgreSQL pushes it to them at
+once). Commands that only read (show, list) never create a store.
 
   caddy postscale account create acme --plan growth
   caddy postscale key create --account acme --name "production server"
@@ -103,7 +113,7 @@ func accountCommand() *cobra.Command {
 		Use:   "show <id>",
 		Short: "Shows an account",
 		Args:  cobra.ExactArgs(1),
-		RunE: withManager(func(ctx context.Context, cmd *cobra.Command, m Manager, args []string) error {
+		RunE: withReader(func(ctx context.Context, cmd *cobra.Command, m Manager, args []string) error {
 			a, err := m.GetAccount(ctx, args[0])
 			if err != nil {
 				return err
@@ -192,7 +202,7 @@ func keyCommand() *cobra.Command {
 		Use:   "list --account <id>",
 		Short: "Lists an account's keys (never the keys themselves)",
 		Args:  cobra.NoArgs,
-		RunE: withManager(func(ctx context.Context, cmd *cobra.Command, m Manager, _ []string) error {
+		RunE: withReader(func(ctx context.Context, cmd *cobra.Command, m Manager, _ []string) error {
 			account, _ := cmd.Flags().GetString("account")
 			keys, err := m.ListKeys(ctx, account)
 			if err != nil {
@@ -207,7 +217,7 @@ func keyCommand() *cobra.Command {
 		Use:   "show <key id>",
 		Short: "Shows a key's record",
 		Args:  cobra.ExactArgs(1),
-		RunE: withManager(func(ctx context.Context, cmd *cobra.Command, m Manager, args []string) error {
+		RunE: withReader(func(ctx context.Context, cmd *cobra.Command, m Manager, args []string) error {
 			k, err := m.GetKey(ctx, args[0])
 			if err != nil {
 				return err
@@ -297,13 +307,13 @@ hash (scopes optional, space-separated). JSON is a list of objects with the
 same fields, or {"keys": [...]}. Plaintext keys are hashed and never stored.`,
 		Args: cobra.ExactArgs(1),
 		RunE: withManager(func(ctx context.Context, cmd *cobra.Command, m Manager, args []string) error {
-			req, err := readImportFile(args[0])
+			req, lines, err := readImportFile(args[0])
 			if err != nil {
 				return err
 			}
 			res, err := m.ImportKeys(ctx, req)
 			if err != nil {
-				return err
+				return atImportLine(err, args[0], lines)
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "Imported %d keys.\n", len(res.Imported))
 			return printJSON(cmd.OutOrStdout(), res.Imported)
@@ -353,12 +363,16 @@ func warnUncheckedPlan(cmd *cobra.Command, m Manager, plan string) {
 		plan, d.unchecked)
 }
 
-// readImportFile reads legacy keys from CSV or JSON.
-func readImportFile(path string) (ImportRequest, error) {
-	var req ImportRequest
+// readImportFile reads legacy keys from CSV or JSON. For CSV it also
+// returns the line each key was on, by its index in the request.
+func readImportFile(path string) (ImportRequest, []int, error) {
+	var (
+		req   ImportRequest
+		lines []int
+	)
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return req, err
+		return req, nil, err
 	}
 	trimmed := bytes.TrimSpace(data)
 	switch {
@@ -367,21 +381,52 @@ func readImportFile(path string) (ImportRequest, error) {
 	case bytes.HasPrefix(trimmed, []byte("{")):
 		err = json.Unmarshal(trimmed, &req)
 	default:
-		req.Keys, err = readImportCSV(bytes.NewReader(data))
+		req.Keys, lines, err = readImportCSV(bytes.NewReader(data))
 	}
 	if err != nil {
-		return req, fmt.Errorf("reading %s: %w", path, err)
+		return req, nil, fmt.Errorf("reading %s: %w", path, err)
 	}
-	return req, nil
+	return req, lines, nil
 }
 
-func readImportCSV(r io.Reader) ([]ImportedKey, error) {
-	rows, err := csv.NewReader(r).ReadAll()
-	if err != nil {
-		return nil, err
+// importIndex finds the first keys[i] an import error names.
+var importIndex = regexp.MustCompile(`keys\[(\d+)\]`)
+
+// atImportLine puts the file and line of the CSV row that an import error
+// is about (keys[i], as the instance or the store named it) before the
+// error, so that it can be found in the file; the key itself is never
+// shown.
+func atImportLine(err error, path string, lines []int) error {
+	m := importIndex.FindStringSubmatch(err.Error())
+	if m == nil || lines == nil {
+		return err
+	}
+	i, convErr := strconv.Atoi(m[1])
+	if convErr != nil || i >= len(lines) {
+		return err
+	}
+	return fmt.Errorf("%s, line %d: %w", path, lines[i], err)
+}
+
+func readImportCSV(r io.Reader) ([]ImportedKey, []int, error) {
+	cr := csv.NewReader(r)
+	var (
+		rows  [][]string
+		lines []int
+	)
+	for {
+		row, err := cr.Read()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		line, _ := cr.FieldPos(0)
+		rows, lines = append(rows, row), append(lines, line)
 	}
 	if len(rows) < 2 {
-		return nil, fmt.Errorf("want a header row (account,name,mode,key or hash) and at least one key")
+		return nil, nil, fmt.Errorf("want a header row (account,name,mode,key or hash) and at least one key")
 	}
 	col := map[string]int{}
 	for i, name := range rows[0] {
@@ -389,7 +434,7 @@ func readImportCSV(r io.Reader) ([]ImportedKey, error) {
 	}
 	for _, need := range []string{"account", "name"} {
 		if _, ok := col[need]; !ok {
-			return nil, fmt.Errorf("header row has no %q column", need)
+			return nil, nil, fmt.Errorf("header row has no %q column", need)
 		}
 	}
 	get := func(row []string, name string) string {
@@ -406,41 +451,86 @@ func readImportCSV(r io.Reader) ([]ImportedKey, error) {
 		}
 		keys = append(keys, k)
 	}
-	return keys, nil
+	return keys, lines[1:], nil
 }
 
+// printJSON prints v indented, and as written: a name such as "ci <eu>"
+// shows as it is, not as \u003ceu\u003e.
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
 	return enc.Encode(v)
 }
 
-// withManager runs a subcommand against the running instance's admin
-// endpoint if one answers, else against the store directly. A key among
-// the arguments or flags is refused before anything is opened or sent,
-// and no error it returns shows a key.
+// access says what a command does to the store.
+type access int
+
+const (
+	// writes: the command may change the store, and creates a SQLite
+	// store that does not exist yet (saying so).
+	writes access = iota
+	// readsOnly: the command only reads, and never creates or changes a
+	// store; a missing one is an error.
+	readsOnly
+)
+
+// withManager runs a subcommand that changes the store against the
+// running instance's admin endpoint if one answers, else against the
+// store directly. A key among the arguments or flags is refused before
+// anything is opened or sent, and no error it returns shows a key.
 func withManager(run func(context.Context, *cobra.Command, Manager, []string) error) func(*cobra.Command, []string) error {
+	return withAccess(writes, run)
+}
+
+// withReader is withManager for a subcommand that only reads.
+func withReader(run func(context.Context, *cobra.Command, Manager, []string) error) func(*cobra.Command, []string) error {
+	return withAccess(readsOnly, run)
+}
+
+func withAccess(acc access, run func(context.Context, *cobra.Command, Manager, []string) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
 		cmd.SilenceUsage = true
 		if err := refuseKeys(cmd, args); err != nil {
 			return err
 		}
-		if err := runManager(cmd, args, run); err != nil {
+		if err := runManager(cmd, args, acc, run); err != nil {
 			return errors.New(scrubKeys(err.Error()))
 		}
 		return nil
 	}
 }
 
-func runManager(cmd *cobra.Command, args []string, run func(context.Context, *cobra.Command, Manager, []string) error) error {
+// runManager finds what the command works on and runs it there:
+//
+//   - with --store, that store, directly;
+//   - else the running instance whose admin endpoint is at --address, or
+//     at the admin address of --config, or at the default address;
+//   - and only when nothing listens there (connection refused: no
+//     instance runs), the store that the postscale handler of --config
+//     uses, or the default store without --config, directly, saying so
+//     on stderr.
+//
+// Any other failure to reach the admin endpoint (a timeout, an unknown
+// host, a malformed address) is an error: the instance may well run, and
+// a change made straight on a store it does not use would never reach it,
+// while a revocation made on the one it uses would not yet be in force
+// there when the command returns.
+func runManager(cmd *cobra.Command, args []string, acc access, run func(context.Context, *cobra.Command, Manager, []string) error) error {
 	fl := cmd.Flags()
 	storeName, _ := fl.GetString("store")
 	address, _ := fl.GetString("address")
 	config, _ := fl.GetString("config")
 	adapter, _ := fl.GetString("adapter")
+	ctx := cmd.Context()
+	if ctx == nil {
+		ctx = context.Background()
+	}
 	var cfg []byte
 	if config != "" {
 		var err error
+		// As caddy run reads it: the file, adapted by --adapter (or the
+		// Caddyfile adapter for a file named Caddyfile).
 		if cfg, _, _, err = caddycmd.LoadConfig(config, adapter); err != nil {
 			return fmt.Errorf("reading --config %s: %v", config, err)
 		}
@@ -450,11 +540,19 @@ func runManager(cmd *cobra.Command, args []string, run func(context.Context, *co
 		if err != nil {
 			return fmt.Errorf("finding the admin endpoint: %v", err)
 		}
-		if adminAnswers(addr) {
-			return run(cmd.Context(), cmd, adminClient{addr: addr}, args)
+		notRunning, err := probeAdmin(addr)
+		if err != nil {
+			return err
 		}
-		storeName = DefaultSQLitePath()
-		fmt.Fprintf(cmd.ErrOrStderr(), "No Caddy admin endpoint at %s; using the store %s directly.\n", addr, storeName)
+		if notRunning == "" {
+			return run(ctx, cmd, adminClient{addr: addr}, args)
+		}
+		src, err := configStore(cfg, config)
+		if err != nil {
+			return fmt.Errorf("no Caddy admin endpoint at %s (%s), and %v", addr, notRunning, err)
+		}
+		storeName = src.name
+		fmt.Fprintf(cmd.ErrOrStderr(), "No Caddy admin endpoint at %s (%s); using the store at %s (%s) directly.\n", addr, notRunning, src.shown, src.from)
 	}
 	m := directManager{storeManager: storeManager{now: time.Now}, unchecked: "no running instance answered, and no --config names the gateway's config"}
 	if cfg != nil {
@@ -466,17 +564,197 @@ func runManager(cmd *cobra.Command, args []string, run func(context.Context, *co
 			m.unchecked = "the config " + config + " has no postscale handler"
 		}
 	}
-	ctx := cmd.Context()
-	if ctx == nil {
-		ctx = context.Background()
+	s, created, err := openStore(ctx, storeName, acc)
+	if errors.Is(err, ErrNoStore) {
+		return fmt.Errorf("%v. Nothing was created: a command that only reads never creates a store. Check --store or --config, or start the gateway (or create an account) to make the store", err)
 	}
-	s, err := openStore(ctx, storeName)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
+	if created != "" {
+		fmt.Fprintf(cmd.ErrOrStderr(), "Created a new store at %s.\n", created)
+	}
+	noteGateways(cmd.ErrOrStderr(), storeName)
 	m.store = s
 	return run(ctx, cmd, m, args)
+}
+
+// noteGateways says on w which gateway processes on this host serve the
+// SQLite store the command works on directly, and how to go through one
+// instead: a mistyped --address lands here too.
+func noteGateways(w io.Writer, storeName string) {
+	if isPostgresDSN(storeName) {
+		return
+	}
+	path, err := filepath.Abs(storeName)
+	if err != nil {
+		return
+	}
+	gs, err := gatewaysOf(path, false)
+	if err != nil || len(gs) == 0 {
+		return
+	}
+	through := ""
+	if admin := gs[0].Admin; admin != "" && admin != "disabled" {
+		through = "; to go through it, give --address " + admin
+	}
+	fmt.Fprintf(w, "Note: a running gateway serves this store (%s). It picks the change up within its poll_interval%s.\n",
+		describeGateways(gs), through)
+}
+
+// adminDialTimeout bounds the CLI's check for a running instance. An admin
+// endpoint on this host accepts at once; past this, something is wrong,
+// and the command says so rather than fall back to a store.
+const adminDialTimeout = 3 * time.Second
+
+// dialAdmin connects to an admin endpoint (a variable for tests).
+var dialAdmin = net.DialTimeout
+
+// probeAdmin finds out whether a Caddy instance listens at the admin
+// address addr: it returns "" when something accepts a connection there,
+// and why not when clearly nothing listens (the connection was refused,
+// or the unix socket does not exist). Any other outcome (a timeout, a
+// host that does not resolve, a malformed address) is an error: the CLI
+// cannot tell whether an instance runs, so it does nothing.
+func probeAdmin(addr string) (notRunning string, err error) {
+	na, err := caddy.ParseNetworkAddress(addr)
+	if err == nil && na.PortRangeSize() > 1 {
+		err = errors.New("a range of ports")
+	}
+	if err != nil {
+		return "", fmt.Errorf("the admin address %q is not one address (%v). Nothing was done: check --address, or the admin address in --config; or give --store to work on a store directly", addr, err)
+	}
+	target := na.JoinHostPort(0)
+	if na.IsUnixNetwork() {
+		// A unix socket address may end in its permission bits: "|0220".
+		if i := strings.LastIndexByte(target, '|'); i >= 0 {
+			target = target[:i]
+		}
+	}
+	conn, err := dialAdmin(na.Network, target, adminDialTimeout)
+	switch {
+	case err == nil:
+		conn.Close()
+		return "", nil
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused", nil
+	case na.IsUnixNetwork() && errors.Is(err, fs.ErrNotExist):
+		return "no socket at " + target, nil
+	}
+	return "", fmt.Errorf("could not reach the Caddy admin endpoint at %s: %v. Nothing was done: the command uses a store directly only when nothing listens at the admin address (connection refused). "+
+		"Check --address, or the admin address in --config; or give --store to work on a store directly", addr, err)
+}
+
+// storeSource is the store the CLI uses when no instance runs.
+type storeSource struct {
+	name  string // what openStore takes: a SQLite path or a PostgreSQL DSN
+	shown string // what stderr shows: the path, or the DSN without its secrets
+	from  string // where it comes from
+}
+
+// configStore returns the store that the postscale handlers of a config
+// in Caddy's JSON use (configFile names the config in messages), or the
+// default store when there is no config. A config whose handlers use
+// several stores, or none, is an error: the CLI does not guess.
+func configStore(cfg []byte, configFile string) (storeSource, error) {
+	if cfg == nil {
+		path := DefaultSQLitePath()
+		return storeSource{name: path, shown: path, from: "the default store; --config or --store names another"}, nil
+	}
+	stores, err := configStores(cfg)
+	if err != nil {
+		return storeSource{}, fmt.Errorf("the store of --config %s cannot be read: %v", configFile, err)
+	}
+	switch len(stores) {
+	case 0:
+		return storeSource{}, fmt.Errorf("the config %s has no postscale handler, so it names no store; give --store, or --config with the gateway's config", configFile)
+	case 1:
+		stores[0].from = "the store of " + configFile
+		return stores[0], nil
+	}
+	shown := make([]string, len(stores))
+	for i, st := range stores {
+		shown[i] = st.shown
+	}
+	return storeSource{}, fmt.Errorf("the config %s uses %d stores (%s); name the one to use with --store", configFile, len(stores), strings.Join(shown, ", "))
+}
+
+// configStores returns the distinct stores of the postscale handlers of a
+// config in Caddy's JSON, wherever the handlers are, as the handlers open
+// them: a SQLite path made absolute (the default one when a handler names
+// none), a PostgreSQL DSN with its placeholders ({env.…}) replaced.
+func configStores(cfg []byte) ([]storeSource, error) {
+	var doc any
+	if err := json.Unmarshal(cfg, &doc); err != nil {
+		return nil, err
+	}
+	var (
+		stores  []storeSource
+		seen    = map[string]bool{}
+		walkErr error
+	)
+	add := func(raw any) {
+		st, err := handlerStore(raw)
+		if err != nil {
+			if walkErr == nil {
+				walkErr = err
+			}
+			return
+		}
+		if !seen[st.name] {
+			seen[st.name] = true
+			stores = append(stores, st)
+		}
+	}
+	var walk func(v any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			if v["handler"] == "postscale" {
+				add(v["store"])
+			}
+			for _, e := range v {
+				walk(e)
+			}
+		case []any:
+			for _, e := range v {
+				walk(e)
+			}
+		}
+	}
+	walk(doc)
+	return stores, walkErr
+}
+
+// handlerStore reads the "store" of one postscale handler (nil: none).
+func handlerStore(raw any) (storeSource, error) {
+	m, _ := raw.(map[string]any)
+	backend, _ := m["backend"].(string)
+	switch backend {
+	case "", "sqlite":
+		path, _ := m["path"].(string)
+		if path == "" {
+			path = DefaultSQLitePath()
+		}
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return storeSource{}, err
+		}
+		return storeSource{name: abs, shown: abs}, nil
+	case "postgres":
+		dsn, _ := m["dsn"].(string)
+		dsn, err := caddy.NewReplacer().ReplaceOrErr(dsn, true, false)
+		if err != nil {
+			return storeSource{}, fmt.Errorf("the postgres store's dsn: %v", err)
+		}
+		shown := "a PostgreSQL store"
+		if pc, err := postgresPoolConfig(dsn, 0); err == nil {
+			shown = postgresIdentity(pc.ConnConfig)
+		}
+		return storeSource{name: dsn, shown: shown}, nil
+	}
+	return storeSource{}, fmt.Errorf("the CLI cannot open a store of backend %q; run the command through the running instance", backend)
 }
 
 // directManager is the storeManager of the CLI straight on a store.
@@ -559,17 +837,36 @@ func refuseKeys(cmd *cobra.Command, args []string) error {
 
 // openStore opens a store outside of a Caddy config: a PostgreSQL store
 // for a postgres:// or postgresql:// URL or keyword/value pairs
-// ("host=… dbname=…"), else the SQLite file at that path.
-func openStore(ctx context.Context, name string) (interface {
+// ("host=… dbname=…"), else the SQLite file at that path. For a command
+// that only reads, a SQLite store is opened read-only, and a missing one
+// is ErrNoStore; for one that writes, a missing SQLite store is created,
+// and created is its path.
+func openStore(ctx context.Context, name string, acc access) (s interface {
 	Store
 	Close() error
-}, error) {
+}, created string, err error) {
 	if isPostgresDSN(name) {
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		return OpenPostgresStore(ctx, name)
+		s, err := OpenPostgresStore(ctx, name)
+		return s, "", err
 	}
-	return OpenSQLiteStore(name)
+	path, err := filepath.Abs(name)
+	if err != nil {
+		return nil, "", fmt.Errorf("store path %q: %w", name, err)
+	}
+	if acc == readsOnly {
+		s, err := OpenSQLiteStoreReadOnly(path)
+		return s, "", err
+	}
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		created = path
+	}
+	s, err = OpenSQLiteStore(path)
+	if err != nil {
+		return nil, "", err
+	}
+	return s, created, nil
 }
 
 // postgresKeyword matches the start of a keyword/value DSN, "host=…".
@@ -581,20 +878,6 @@ var postgresKeyword = regexp.MustCompile(`^\s*[a-z_]+\s*=`)
 func isPostgresDSN(name string) bool {
 	return strings.HasPrefix(name, "postgres://") || strings.HasPrefix(name, "postgresql://") ||
 		postgresKeyword.MatchString(name)
-}
-
-// adminAnswers reports whether something listens at the admin address.
-func adminAnswers(addr string) bool {
-	na, err := caddy.ParseNetworkAddress(addr)
-	if err != nil {
-		return false
-	}
-	conn, err := net.DialTimeout(na.Network, na.JoinHostPort(0), time.Second)
-	if err != nil {
-		return false
-	}
-	conn.Close()
-	return true
 }
 
 // adminClient is a Manager that calls a running instance's admin API.
@@ -611,13 +894,35 @@ func (c adminClient) call(method, uri string, in, out any) error {
 	}
 	resp, err := caddycmd.AdminAPIRequest(c.addr, method, uri, nil, body)
 	if err != nil {
-		return err
+		return adminError(err)
 	}
 	defer resp.Body.Close()
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 		return fmt.Errorf("reading the admin API's answer: %v", err)
 	}
 	return nil
+}
+
+// adminAnswer is how caddycmd.AdminAPIRequest reports an error status:
+// the status, then the body as it came.
+var adminAnswer = regexp.MustCompile(`(?s)^caddy responded with error: HTTP (\d{3}): (.*)$`)
+
+// adminError turns the error of an admin API call into the message a
+// person should read: the instance's own message, out of the JSON error
+// body ({"error": "…"}) that caddycmd quotes whole. An answer that is not
+// such a body is shown as it came, with its status.
+func adminError(err error) error {
+	m := adminAnswer.FindStringSubmatch(err.Error())
+	if m == nil {
+		return err
+	}
+	var doc struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal([]byte(m[2]), &doc) != nil || doc.Error == "" {
+		return fmt.Errorf("the admin endpoint answered HTTP %s: %s", m[1], strings.TrimSpace(m[2]))
+	}
+	return errors.New(doc.Error)
 }
 
 // adminCall calls the admin API and decodes its answer as a T.

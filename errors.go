@@ -1,6 +1,7 @@
 package postscale
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"strconv"
@@ -13,6 +14,11 @@ type outcome uint8
 const (
 	outcomeAdmitted outcome = iota
 	outcomeMissing
+	// outcomeWrongScheme is an Authorization header that holds something
+	// other than a Bearer credential (a key without the word Bearer, or
+	// Basic): the same 401 missing_api_key as no header, with a message
+	// that says what to fix.
+	outcomeWrongScheme
 	outcomeInvalid
 	outcomeRevoked
 	outcomeExpired
@@ -56,11 +62,16 @@ func newRejection(status int, wwwAuth, retryAfter, typ, code, message string) re
 		} `json:"error"`
 	}
 	doc.Error.Type, doc.Error.Code, doc.Error.Message = typ, code, message
-	body, err := json.Marshal(doc)
-	if err != nil {
-		panic(err) // strings always marshal
+	// An encoder that leaves <, > and & as they are, so that a message
+	// reads as written ('Bearer <key>', not 'Bearer \u003ckey\u003e'); its
+	// newline ends the body, so a curl in a terminal ends its line.
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(doc); err != nil {
+		panic(err) // strings always encode
 	}
-	body = append(body, '\n') // so a curl in a terminal ends its line
+	body := buf.Bytes()
 	return rejection{status: status, wwwAuth: wwwAuth, retryAfter: retryAfter, body: body, length: strconv.Itoa(len(body))}
 }
 
@@ -71,6 +82,9 @@ func init() {
 	def(outcomeMissing, http.StatusUnauthorized, challenge, "",
 		"authentication_error", "missing_api_key",
 		"No API key provided. Send your key in the Authorization header: 'Authorization: Bearer ps_live_…'.")
+	def(outcomeWrongScheme, http.StatusUnauthorized, challenge, "",
+		"authentication_error", "missing_api_key",
+		"The Authorization header does not use the Bearer scheme, so no API key was read from it. Put the word Bearer and a space before the key: 'Authorization: Bearer ps_live_…'.")
 	def(outcomeInvalid, http.StatusUnauthorized, challengeInvalid, "",
 		"authentication_error", "invalid_api_key",
 		"The API key is not valid. Check that you copied the whole key (ps_live_… or ps_test_…) and that it has not been mistyped.")

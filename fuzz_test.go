@@ -70,12 +70,15 @@ func FuzzAuthorization(f *testing.F) {
 			if !ok || strings.Trim(rest, " \t") != token {
 				t.Fatalf("bearerToken(%q) returned token %q, which is not what follows the Bearer scheme", v, token)
 			}
-		case outcomeMissing, outcomeInvalid:
+		case outcomeMissing, outcomeWrongScheme, outcomeInvalid:
 			if token != "" {
 				t.Fatalf("bearerToken(%q) rejected the value but returned token %q", v, token)
 			}
-			if _, ok := cutScheme(v); ok && o == outcomeMissing {
+			if _, ok := cutScheme(v); ok && o != outcomeInvalid {
 				t.Fatalf("bearerToken(%q): the scheme is Bearer, but the answer is missing_api_key (no key sent)", v)
+			}
+			if (o == outcomeMissing) != (strings.Trim(v, " \t") == "") {
+				t.Fatalf("bearerToken(%q): outcome %d; want \"no API key provided\" for a blank value only, and \"wrong scheme\" for any other value that is not Bearer", v, o)
 			}
 		default:
 			t.Fatalf("bearerToken(%q): unexpected outcome %d for one header", v, o)
@@ -487,8 +490,9 @@ var adminFuzzRoutes = []struct{ method, path string }{
 }
 
 // bodyRoutes are the calls that read their body (roll only when it has
-// one).
-var bodyRoutes = map[string]bool{"accounts": true, "accounts/{id}": true, "keys": true, "keys/{id}/roll": true, "keys/import": true, "keys/revoke": true}
+// one), by method and path: GET accounts/{id} ignores a body that PATCH
+// reads.
+var bodyRoutes = map[string]bool{"POST accounts": true, "PATCH accounts/{id}": true, "POST keys": true, "POST keys/{id}/roll": true, "POST keys/import": true, "POST keys/revoke": true}
 
 // keyShaped finds what looks like a Postscale key (of at least 20
 // characters after its prefix) in a message.
@@ -569,7 +573,7 @@ func FuzzAdminBody(f *testing.F) {
 		if status >= 500 {
 			t.Fatalf("%s: %d %s; bad input must be a 4xx", what, status, msg)
 		}
-		if bodyRoutes[rt.path] && len(body) > 0 && !oneJSONValue(body) && status < 400 && status != 0 {
+		if bodyRoutes[rt.method+" "+rt.path] && len(body) > 0 && !oneJSONValue(body) && status < 400 && status != 0 {
 			t.Fatalf("%s: %d; a body that is not exactly one JSON value must be refused", what, status)
 		}
 		if status >= 400 {
@@ -639,11 +643,21 @@ type adminFuzz struct {
 	plans map[string]bool
 }
 
-// call serves r and returns the status and, for an error, its message.
+// call serves r and returns the status and, for an error, its message:
+// the handler writes its errors as {"error": "…"} itself.
 func (a *adminFuzz) call(w *httptest.ResponseRecorder, r *http.Request) (int, string) {
 	err := a.api.serve(w, r)
 	if err == nil {
-		return w.Code, ""
+		if w.Code < 400 {
+			return w.Code, ""
+		}
+		var doc struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(w.Body.Bytes(), &doc) != nil || doc.Error == "" {
+			return http.StatusInternalServerError, fmt.Sprintf("error body %q is not {\"error\": \"…\"}", w.Body.Bytes())
+		}
+		return w.Code, doc.Error
 	}
 	if apiErr, ok := err.(caddy.APIError); ok {
 		status := apiErr.HTTPStatus

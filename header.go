@@ -8,7 +8,8 @@ import (
 
 // bearerToken returns the token of the request's one Authorization header,
 // or the outcome that rejects the request: outcomeMissing for no header or
-// another scheme, outcomeInvalid for a Bearer credential that is empty or
+// an empty one, outcomeWrongScheme for another scheme or a key without
+// one, outcomeInvalid for a Bearer credential that is empty or
 // malformed, outcomeMultipleAuth for several headers.
 //
 // The form is RFC 6750 §2.1: "Bearer" 1*SP b64token, the scheme name
@@ -27,13 +28,16 @@ func bearerToken(h http.Header) (string, outcome) {
 		return "", outcomeMultipleAuth
 	}
 	v := strings.Trim(vals[0], " \t")
+	if v == "" {
+		return "", outcomeMissing
+	}
 	const scheme = "Bearer"
 	if len(v) < len(scheme) || !strings.EqualFold(v[:len(scheme)], scheme) {
-		return "", outcomeMissing
+		return "", outcomeWrongScheme
 	}
 	rest := v[len(scheme):]
 	if rest != "" && isTokenChar(rest[0]) {
-		return "", outcomeMissing // a longer scheme name, e.g. "Bearerish"
+		return "", outcomeWrongScheme // a longer scheme name, e.g. "Bearerish"
 	}
 	token := strings.TrimLeft(rest, " ")
 	if len(token) == len(rest) || token == "" || strings.ContainsAny(token, " \t") {

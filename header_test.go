@@ -17,11 +17,11 @@ func TestBearerToken(t *testing.T) {
 		want      outcome
 	}{
 		{name: "no header", want: outcomeMissing},
-		{name: "basic scheme", values: []string{"Basic dXNlcjpwYXNz"}, want: outcomeMissing},
-		{name: "token scheme", values: []string{"Token ps_live_x"}, want: outcomeMissing},
-		{name: "longer scheme name", values: []string{"Bearerish ps_live_x"}, want: outcomeMissing},
-		{name: "scheme glued to the key", values: []string{"Bearerps_live_x"}, want: outcomeMissing},
-		{name: "bare key without scheme", values: []string{"ps_live_abc"}, want: outcomeMissing},
+		{name: "basic scheme", values: []string{"Basic dXNlcjpwYXNz"}, want: outcomeWrongScheme},
+		{name: "token scheme", values: []string{"Token ps_live_x"}, want: outcomeWrongScheme},
+		{name: "longer scheme name", values: []string{"Bearerish ps_live_x"}, want: outcomeWrongScheme},
+		{name: "scheme glued to the key", values: []string{"Bearerps_live_x"}, want: outcomeWrongScheme},
+		{name: "bare key without scheme", values: []string{"ps_live_abc"}, want: outcomeWrongScheme},
 		{name: "bearer", values: []string{"Bearer ps_live_abc"}, wantToken: "ps_live_abc", want: outcomeAdmitted},
 		{name: "lowercase scheme", values: []string{"bearer ps_live_abc"}, wantToken: "ps_live_abc", want: outcomeAdmitted},
 		{name: "uppercase scheme", values: []string{"BEARER ps_live_abc"}, wantToken: "ps_live_abc", want: outcomeAdmitted},

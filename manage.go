@@ -3,6 +3,7 @@ package postscale
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -643,6 +644,7 @@ func (m storeManager) ImportKeys(ctx context.Context, req ImportRequest) (Import
 	}
 	recs := make([]KeyRecord, len(req.Keys))
 	accounts := map[string]bool{}
+	first := make(map[[sha256.Size]byte]int, len(req.Keys)) // hash -> index in the import
 	for i, in := range req.Keys {
 		field := func(name string) string { return fmt.Sprintf("keys[%d].%s", i, name) }
 		if err := checkAccountRef(field("account"), in.Account); err != nil {
@@ -686,6 +688,10 @@ func (m storeManager) ImportKeys(ctx context.Context, req ImportRequest) (Import
 			rec.Hash, rec.Redacted = h, "ps_"+mode.String()+"_…"
 		}
 		rec.Mode = mode
+		if j, dup := first[rec.Hash]; dup {
+			return ImportResult{}, badInput(field(keyField(in)), "is the same key as keys[%d]: each key can be imported once", j)
+		}
+		first[rec.Hash] = i
 		id, err := newID("key_")
 		if err != nil {
 			return ImportResult{}, err
@@ -701,7 +707,7 @@ func (m storeManager) ImportKeys(ctx context.Context, req ImportRequest) (Import
 	}
 	if err := m.store.CreateKeys(ctx, recs); err != nil {
 		if errors.Is(err, ErrExists) {
-			return ImportResult{}, fmt.Errorf("a key in the import is already in the store: %w", ErrExists)
+			return ImportResult{}, m.importClash(ctx, req.Keys, recs)
 		}
 		return ImportResult{}, err
 	}
@@ -709,6 +715,29 @@ func (m storeManager) ImportKeys(ctx context.Context, req ImportRequest) (Import
 		m.notify(Change{KeyHash: r.Hash})
 	}
 	return ImportResult{Imported: recs}, nil
+}
+
+// keyField is the field that gives an imported key: key or hash.
+func keyField(in ImportedKey) string {
+	if in.Key != "" {
+		return "key"
+	}
+	return "hash"
+}
+
+// importClash names the first key of a refused import that the store
+// already holds, by its place in the import and the id of the record it
+// clashes with, never by the key itself.
+func (m storeManager) importClash(ctx context.Context, in []ImportedKey, recs []KeyRecord) error {
+	for i, rec := range recs {
+		old, _, err := m.store.LookupKey(ctx, rec.Hash)
+		if err != nil {
+			continue
+		}
+		return fmt.Errorf("keys[%d].%s: is already in the store, as %s of account %q; nothing was imported (an import is all or none): %w",
+			i, keyField(in[i]), old.ID, old.Account, ErrExists)
+	}
+	return fmt.Errorf("a key in the import is already in the store; nothing was imported (an import is all or none): %w", ErrExists)
 }
 
 // ListKeys lists an account's keys.

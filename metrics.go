@@ -29,6 +29,7 @@ var metrics = struct {
 var outcomeLabels = [numOutcomes]string{
 	outcomeAdmitted:         "admitted",
 	outcomeMissing:          "missing",
+	outcomeWrongScheme:      "missing",
 	outcomeInvalid:          "invalid",
 	outcomeRevoked:          "revoked",
 	outcomeExpired:          "expired",

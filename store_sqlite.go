@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -138,6 +139,47 @@ func OpenSQLiteStore(path string) (*SQLiteStore, error) {
 	return &SQLiteStore{Path: path, db: db, PollInterval: caddy.Duration(250 * time.Millisecond), MaxConns: defaultSQLiteMaxConns, logger: zap.NewNop()}, nil
 }
 
+// ErrNoStore means there is no store where one was to be read.
+var ErrNoStore = errors.New("no store")
+
+// OpenSQLiteStoreReadOnly opens the store at path for reading only, as the
+// CLI does for a command that only reads: it never creates the file, nor
+// changes it. A missing file, or one that holds no store, is ErrNoStore;
+// a store of an older schema must be migrated first (by the gateway, or
+// any command that writes). Close it with Close.
+func OpenSQLiteStoreReadOnly(path string) (*SQLiteStore, error) {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w at %s: the file does not exist", ErrNoStore, path)
+	} else if err != nil {
+		return nil, fmt.Errorf("store %s: %w", path, err)
+	}
+	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro&_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)")
+	if err != nil {
+		return nil, fmt.Errorf("opening store %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(2)
+	ctx, cancel := context.WithTimeout(context.Background(), sqliteOpenTimeout)
+	defer cancel()
+	var version int
+	if err := db.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&version); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store %s: %w", path, err)
+	}
+	switch {
+	case version == 0:
+		db.Close()
+		return nil, fmt.Errorf("%w at %s: the file holds no postscale tables", ErrNoStore, path)
+	case version < len(sqliteMigrations):
+		db.Close()
+		return nil, fmt.Errorf("store %s: schema version %d is older than this build's (%d); start the gateway on it, or run a command that writes, to migrate it",
+			path, version, len(sqliteMigrations))
+	case version > len(sqliteMigrations):
+		db.Close()
+		return nil, fmt.Errorf("store %s: schema version %d is newer than this build knows (%d)", path, version, len(sqliteMigrations))
+	}
+	return &SQLiteStore{Path: path, db: &sqliteDB{DB: db, maxConns: 2}, PollInterval: caddy.Duration(250 * time.Millisecond), MaxConns: 2, logger: zap.NewNop()}, nil
+}
+
 // retain keeps the database open, even past this config's Cleanup, until
 // the returned function is called: the keyring uses it to flush the last
 // usage counts on shutdown.
@@ -158,9 +200,65 @@ func (s *SQLiteStore) Identity() string { return "sqlite:" + s.Path }
 type sqliteDB struct {
 	*sql.DB
 	maxConns int
+
+	// presence is this process's entry in the registry of gateway
+	// processes serving the file (see presence.go), once a serving config
+	// has started on it. It lives as long as the pool, so across reloads.
+	presenceMu sync.Mutex
+	presence   *presence
 }
 
-func (d *sqliteDB) Destruct() error { return d.Close() }
+func (d *sqliteDB) Destruct() error {
+	d.presenceMu.Lock()
+	if d.presence != nil {
+		d.presence.release()
+		d.presence = nil
+	}
+	d.presenceMu.Unlock()
+	return d.Close()
+}
+
+// announce enters this process in the registry of gateway processes that
+// serve the store file, once per pool (so not again on a reload, which
+// only records a new admin address), and warns, naming them, of the other
+// processes that serve it too. It is for serving processes only (see
+// App.Start).
+//
+// It warns rather than refuses to start. Refusing would turn an overshoot
+// of the rate limits into an outage in the cases an operator runs into
+// most: a restart whose old process is still draining its connections
+// (grace_period) when the new one starts, or a hand-over from an old
+// binary to a new one on the same ports. Keys are checked the same by
+// every process; what the operator must learn, at once and by name, is
+// that limits are no longer per plan.
+func (s *SQLiteStore) announce(admin string, logger *zap.Logger) {
+	d := s.db
+	d.presenceMu.Lock()
+	defer d.presenceMu.Unlock()
+	if d.presence != nil {
+		if err := d.presence.setAdmin(admin); err != nil {
+			logger.Debug("updating this process's entry beside the store", zap.String("store", s.Path), zap.Error(err))
+		}
+		return
+	}
+	p, others, err := registerPresence(s.Path, admin)
+	if err != nil {
+		if !errors.Is(err, errNoLocks) {
+			logger.Warn("could not check for other gateway processes serving this store", zap.String("store", s.Path), zap.Error(err))
+		}
+		return
+	}
+	d.presence = p
+	if len(others) == 0 {
+		return
+	}
+	logger.Warn(fmt.Sprintf("another gateway process on this host serves the same store (%s). "+
+		"With the local limiter each process keeps its own rate-limit buckets, and processes on the same ports share the traffic, "+
+		"so together they admit up to %d times each account's plan. Stop the other process, give each its own store, "+
+		"or share the limits through limiter redis", describeGateways(others), len(others)+1),
+		zap.String("store", s.Path), zap.Int("processes", len(others)+1),
+		zap.Int("other_pid", others[0].PID), zap.String("other_admin", others[0].Admin))
+}
 
 // openSQLite opens the database file at path with a pool of at most
 // maxConns connections, creating and migrating it as needed.

@@ -457,29 +457,6 @@ func checkCLIKeys(t *testing.T, backend *recorder, k cliKeys) {
 	}
 }
 
-// TestCLIFallsBackToStoreFile: with no admin endpoint answering and no
-// --store, the command says so on stderr and uses the store in Caddy's
-// data directory.
-func TestCLIFallsBackToStoreFile(t *testing.T) {
-	data := t.TempDir()
-	t.Setenv("XDG_DATA_HOME", data)
-	const closed = "localhost:1" // nothing listens there
-	stdout, stderr, err := runCLI("--address", closed, "account", "create", "acme", "--plan", "growth")
-	if err != nil {
-		t.Fatalf("account create: %v\nstderr: %s", err, stderr)
-	}
-	store := filepath.Join(data, "caddy", "postscale", "keys.db")
-	if want := "No Caddy admin endpoint at " + closed + "; using the store " + store + " directly.\n"; stderr != want {
-		t.Errorf("stderr: got %q, want %q", stderr, want)
-	}
-	if !strings.Contains(stdout, `"id": "acme"`) {
-		t.Errorf("stdout: got %q, want the account", stdout)
-	}
-	if out := cli(t, "--store", store, "account", "show", "acme"); !strings.Contains(out, `"plan": "growth"`) {
-		t.Errorf("the store %s does not hold the account: %s", store, out)
-	}
-}
-
 // A keyword/value DSN given to --store is a PostgreSQL database, never a
 // SQLite file named after it (with the password in its name).
 func TestCLIStoreKeywordDSN(t *testing.T) {
