@@ -89,7 +89,7 @@ func accountCommand() *cobra.Command {
 	account := &cobra.Command{Use: "account", Short: "Creates and shows accounts"}
 
 	create := &cobra.Command{
-		Use:   "create <id> --plan <plan> [--rate <req/s> [--burst <n>]]",
+		Use:   "create <id> --plan <plan> [--rate <req/s> [--burst <n>]] [--quota <count>/day|month] [--quota-anchor <time>]",
 		Short: "Creates an account on a plan (starter, growth, scale, or enterprise with --rate)",
 		Args:  cobra.ExactArgs(1),
 		RunE: withManager(func(ctx context.Context, cmd *cobra.Command, m Manager, args []string) error {
@@ -97,6 +97,20 @@ func accountCommand() *cobra.Command {
 			req.Plan, _ = cmd.Flags().GetString("plan")
 			req.Rate, _ = cmd.Flags().GetFloat64("rate")
 			req.Burst, _ = cmd.Flags().GetInt("burst")
+			if s, _ := cmd.Flags().GetString("quota"); s != "" {
+				q, err := ParseQuota(s)
+				if err != nil {
+					return err
+				}
+				req.Quota = &q
+			}
+			if s, _ := cmd.Flags().GetString("quota-anchor"); s != "" {
+				t, err := parseTime("--quota-anchor", s)
+				if err != nil {
+					return err
+				}
+				req.QuotaAnchor = &t
+			}
 			a, err := m.CreateAccount(ctx, req)
 			if err != nil {
 				return err
@@ -108,6 +122,8 @@ func accountCommand() *cobra.Command {
 	create.Flags().String("plan", "starter", "Plan of the account")
 	create.Flags().Float64("rate", 0, "Requests per second (enterprise plan only)")
 	create.Flags().Int("burst", 0, "Burst size (enterprise plan only; default: the rate)")
+	create.Flags().String("quota", "", "The account's own quota over its plan's: <count>/day or <count>/month, e.g. 50000/month")
+	create.Flags().String("quota-anchor", "", "Start of the account's quota periods, its billing day (RFC 3339; default: now)")
 
 	show := &cobra.Command{
 		Use:   "show <id>",
@@ -122,7 +138,7 @@ func accountCommand() *cobra.Command {
 		}),
 	}
 	update := &cobra.Command{
-		Use:   "update <id> [--plan <plan>] [--rate <req/s>] [--burst <n>]",
+		Use:   "update <id> [--plan <plan>] [--rate <req/s>] [--burst <n>] [--quota <count>/day|month|none] [--quota-anchor <time>|none]",
 		Short: "Changes an account's plan or custom limits; gateways apply it on its next request",
 		Args:  cobra.ExactArgs(1),
 		RunE: withManager(func(ctx context.Context, cmd *cobra.Command, m Manager, args []string) error {
@@ -140,6 +156,26 @@ func accountCommand() *cobra.Command {
 				v, _ := fl.GetInt("burst")
 				req.Burst = &v
 			}
+			if fl.Changed("quota") {
+				req.Quota.Set = true
+				if v, _ := fl.GetString("quota"); v != "none" {
+					q, err := ParseQuota(v)
+					if err != nil {
+						return err
+					}
+					req.Quota.Value = &q
+				}
+			}
+			if fl.Changed("quota-anchor") {
+				req.QuotaAnchor.Set = true
+				if v, _ := fl.GetString("quota-anchor"); v != "none" {
+					t, err := parseTime("--quota-anchor", v)
+					if err != nil {
+						return err
+					}
+					req.QuotaAnchor.Value = &t
+				}
+			}
 			a, err := m.UpdateAccount(ctx, args[0], req)
 			if err != nil {
 				return err
@@ -153,7 +189,22 @@ func accountCommand() *cobra.Command {
 	update.Flags().String("plan", "", "New plan")
 	update.Flags().Float64("rate", 0, "Requests per second (enterprise plan only)")
 	update.Flags().Int("burst", 0, "Burst size (enterprise plan only)")
-	account.AddCommand(create, show, update)
+	update.Flags().String("quota", "", "The account's own quota: <count>/day or <count>/month; none: back to the plan's")
+	update.Flags().String("quota-anchor", "", "Start of the account's quota periods (RFC 3339); none: back to the account's creation")
+
+	usage := &cobra.Command{
+		Use:   "usage <id>",
+		Short: "Shows an account's quota period, its live and test counts, what is left, and its requests per hour for the last 48 hours",
+		Args:  cobra.ExactArgs(1),
+		RunE: withReader(func(ctx context.Context, cmd *cobra.Command, m Manager, args []string) error {
+			u, err := m.AccountUsage(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), u)
+		}),
+	}
+	account.AddCommand(create, show, update, usage)
 	return account
 }
 
@@ -563,6 +614,9 @@ func runManager(cmd *cobra.Command, args []string, acc access, run func(context.
 		if m.plans = plans; plans == nil {
 			m.unchecked = "the config " + config + " has no postscale handler"
 		}
+		if m.planQuotas, err = configPlanQuotas(cfg); err != nil {
+			return fmt.Errorf("reading the plans of --config %s: %v", config, err)
+		}
 	}
 	s, created, err := openStore(ctx, storeName, acc)
 	if errors.Is(err, ErrNoStore) {
@@ -764,6 +818,48 @@ type directManager struct {
 	unchecked string
 }
 
+// configPlanQuotas returns the quotas of the plans of the postscale
+// handlers in a config in Caddy's JSON (the first handler's, if two
+// differ).
+func configPlanQuotas(cfg []byte) (map[string]Quota, error) {
+	var doc any
+	if err := json.Unmarshal(cfg, &doc); err != nil {
+		return nil, err
+	}
+	quotas := map[string]Quota{}
+	var walk func(v any) error
+	walk = func(v any) error {
+		switch v := v.(type) {
+		case map[string]any:
+			if v["handler"] == "postscale" {
+				b, _ := json.Marshal(v["plans"])
+				var plans map[string]Plan
+				if err := json.Unmarshal(b, &plans); err != nil {
+					return err
+				}
+				for name, p := range plans {
+					if _, seen := quotas[name]; !seen && p.Quota != nil {
+						quotas[name] = *p.Quota
+					}
+				}
+			}
+			for _, e := range v {
+				if err := walk(e); err != nil {
+					return err
+				}
+			}
+		case []any:
+			for _, e := range v {
+				if err := walk(e); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	return quotas, walk(doc)
+}
+
 // configPlans returns the plans an account may be on under a config in
 // Caddy's JSON: those of planNames with the plans of every postscale
 // handler in it, wherever it is (in routes, subroutes, error routes). It
@@ -942,6 +1038,10 @@ func (c adminClient) GetAccount(_ context.Context, id string) (Account, error) {
 
 func (c adminClient) UpdateAccount(_ context.Context, id string, req AccountUpdate) (Account, error) {
 	return adminCall[Account](c, http.MethodPatch, adminPrefix+"accounts/"+url.PathEscape(id), req)
+}
+
+func (c adminClient) AccountUsage(_ context.Context, id string) (AccountUsage, error) {
+	return adminCall[AccountUsage](c, http.MethodGet, adminPrefix+"accounts/"+url.PathEscape(id)+"/usage", nil)
 }
 
 func (c adminClient) RollKey(_ context.Context, id string, req RollRequest) (CreatedKey, error) {

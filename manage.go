@@ -260,6 +260,7 @@ type Manager interface {
 	RevokeByKey(ctx context.Context, key string) (KeyRecord, error)
 	RollKey(ctx context.Context, id string, req RollRequest) (CreatedKey, error)
 	ImportKeys(ctx context.Context, req ImportRequest) (ImportResult, error)
+	AccountUsage(ctx context.Context, id string) (AccountUsage, error)
 }
 
 // storeManager runs the management operations against a store. The admin

@@ -1,6 +1,7 @@
 package test
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -274,4 +275,48 @@ func TestQuotaSurvivesRestartSQLite(t *testing.T) {
 
 func TestQuotaSurvivesRestartPostgres(t *testing.T) {
 	restartSurvives(t, fmt.Sprintf("store postgres %q", testenv.Postgres(t)))
+}
+
+// TestQuotaCLI: an account's quota and anchor set and cleared from the
+// command line, through a running gateway and straight on its store, and
+// its usage shown.
+func TestQuotaCLI(t *testing.T) {
+	backend, store := quotaSite(t, "")
+	cli(t, "--address", adminAddr, "account", "create", "acme", "--plan", "small", "--quota", "3/month", "--quota-anchor", "2026-01-31T00:00:00Z")
+	live := createKey(t, "acme", "live", "live")
+	for range 3 {
+		expectAdmitted(t, backend, live.Key, "/v1/emails")
+	}
+	expectRejected(t, backend, quotaExceeded, "/v1/emails", bearer(live.Key))
+
+	var u usageDoc
+	if err := json.Unmarshal([]byte(cli(t, "--address", adminAddr, "account", "usage", "acme")), &u); err != nil {
+		t.Fatal(err)
+	}
+	if u.Quota == nil || u.Quota.Count != 3 || u.Quota.Period != "month" || u.Live != 3 || u.Remaining == nil || *u.Remaining != 0 {
+		t.Errorf("account usage: %+v; want 3 of 3/month used", u)
+	}
+	if d := u.PeriodStart.Day(); d != min(31, time.Date(u.PeriodStart.Year(), u.PeriodStart.Month()+1, 0, 0, 0, 0, 0, time.UTC).Day()) {
+		t.Errorf("account usage: the period starts %s; want the billing day (the 31st, or the month's last day)", u.PeriodStart)
+	}
+	if len(u.Hours) != 48 || u.Hours[47].Admitted != 3 || u.Hours[47].Refused != 1 {
+		t.Errorf("account usage hours: %d hours, the last %+v; want 48, the last with 3 admitted and 1 refused", len(u.Hours), u.Hours[len(u.Hours)-1])
+	}
+
+	// Back to the plan's 5 a day: the day period is counted apart.
+	out := cli(t, "--address", adminAddr, "account", "update", "acme", "--quota", "none", "--quota-anchor", "none")
+	if strings.Contains(out, `"quota"`) || strings.Contains(out, "quota_anchor") {
+		t.Errorf("account update --quota none --quota-anchor none: %s; want neither left", out)
+	}
+	expectAdmitted(t, backend, live.Key, "/v1/emails")
+
+	// Straight on the store, no server: the account's own quota.
+	unloadConfig(t)
+	out = cli(t, "--store", store, "account", "update", "acme", "--quota", "10/day")
+	if !strings.Contains(out, `"count": 10`) && !strings.Contains(out, `"count":10`) {
+		t.Errorf("account update on the store: %s; want the quota 10/day", out)
+	}
+	if _, stderr, err := runCLI("--store", store, "account", "update", "acme", "--quota", "10/week"); err == nil || !strings.Contains(stderr+err.Error(), `"day" or "month"`) {
+		t.Errorf("account update --quota 10/week: err %v, stderr %q; want a refusal naming day and month", err, stderr)
+	}
 }
