@@ -1,10 +1,12 @@
 package testenv
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/redis/go-redis/v9"
 )
 
 // UserEnv is the environment the test binary started with, before
@@ -40,3 +42,23 @@ func IsolateCaddyDirs() (string, error) {
 	caddy.DefaultStorage.Path = caddy.AppDataDir()
 	return dir, nil
 }
+
+// LoadCaddy loads a config into the in-process Caddy the way `caddy run`
+// does: Caddy's log lines from before the config's own logging is set up
+// go to that logging too, not to stderr.
+func LoadCaddy(cfg []byte) error {
+	_, orig, _ := caddy.BufferedLog()
+	defer caddy.UnbufferDefaultLogger(orig)
+	return caddy.Load(cfg, true)
+}
+
+// QuietRedis drops the Redis client's own log lines. It prints one to
+// stderr for every failed connection, which the fault-injection tests
+// cause on purpose; the tests check what the gateway does instead.
+func QuietRedis() {
+	redis.SetLogger(quietRedis{})
+}
+
+type quietRedis struct{}
+
+func (quietRedis) Printf(context.Context, string, ...any) {}
