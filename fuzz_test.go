@@ -29,6 +29,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/postscale/caddy-postscale/internal/testenv"
 )
 
 // ---- the Authorization header ----
@@ -697,7 +698,7 @@ func startAdminFuzzConfig(f *testing.F) *adminFuzz {
 		}}}},
 	}
 	b, _ := json.Marshal(cfg)
-	if err := caddy.Load(b, true); err != nil {
+	if err := testenv.LoadCaddy(b); err != nil {
 		f.Fatalf("loading the config: %v", err)
 	}
 	f.Cleanup(func() { _ = caddy.Stop() })

@@ -90,18 +90,31 @@ func writeGolden(t *testing.T, path, caddyfile string) {
 	}
 }
 
-// TestExampleGoldenIsCurrent: the golden copy of the repository's example
-// Caddyfile is the example itself, so the golden file cannot drift from
-// what the README tells people to run.
-func TestExampleGoldenIsCurrent(t *testing.T) {
-	want, err := os.ReadFile("../Caddyfile")
+// exampleGolden holds the example Caddyfile as the repository ships it,
+// with its adapted JSON. The tests check this copy, not ../Caddyfile: the
+// README tells users to run that one and to edit it (legacy_keys, their
+// own backend), and their edits must not fail the tests.
+const exampleGolden = "testdata/adapt/example.caddyfiletest"
+
+// TestShippedCaddyfile: the repository's Caddyfile is the example the
+// tests check, so what the README tells people to run is what is tested.
+// An edited Caddyfile is the user's own: the test skips, saying so. In CI
+// (CI=true), on a clean clone, a difference means the two were committed
+// apart, and it fails.
+func TestShippedCaddyfile(t *testing.T) {
+	shipped, _ := readGolden(t, exampleGolden)
+	got, err := os.ReadFile("../Caddyfile")
+	if err == nil && string(got) == shipped {
+		return
+	}
+	msg := "../Caddyfile is not the example of " + exampleGolden
 	if err != nil {
-		t.Fatal(err)
+		msg = err.Error()
 	}
-	got, _ := readGolden(t, "testdata/adapt/example.caddyfiletest")
-	if got != string(want) {
-		t.Errorf("testdata/adapt/example.caddyfiletest does not start with the repository's Caddyfile verbatim; copy ../Caddyfile into it (then run go test -run TestCaddyfileAdapt -update and review the JSON)")
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s; the repository must ship the example the tests check: copy one into the other (then go test ./test -run TestCaddyfileAdapt -update, and review the JSON)", msg)
 	}
+	t.Skipf("%s; an edited Caddyfile is yours, and the tests check the shipped example instead (CI checks the two match)", msg)
 }
 
 // TestPostscaleOrderedFirst: in the adapted JSON of the example and of a
@@ -109,7 +122,7 @@ func TestExampleGoldenIsCurrent(t *testing.T) {
 // every handle, route, respond and reverse_proxy of its site, without any
 // `order` option (README, The `postscale` directive).
 func TestPostscaleOrderedFirst(t *testing.T) {
-	for _, path := range []string{"../Caddyfile", "testdata/adapt/no_order.caddyfiletest"} {
+	for _, path := range []string{exampleGolden, "testdata/adapt/no_order.caddyfiletest"} {
 		t.Run(filepath.Base(path), func(t *testing.T) {
 			caddyfile := readCaddyfile(t, path)
 			if strings.Contains(caddyfile, "order ") {

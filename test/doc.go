@@ -6,5 +6,7 @@
 //
 // caddytest runs one Caddy per test binary, on ports chosen free when the
 // binary starts (see choosePorts), so no test here may call t.Parallel,
-// but test runs in several checkouts may run at once.
+// but test runs in several checkouts may run at once. That Caddy logs to a
+// file, not to stderr, and a failing test shows what it logged meanwhile
+// (see TestMain); its config and data directories are temporary ones.
 package test

@@ -443,6 +443,7 @@ func TestMatcherLeavesPathsOpen(t *testing.T) {
 func jsonGateway(store, extra, upstream string) string {
 	return fmt.Sprintf(`{
 	"admin": {"listen": %q},
+	"logging": %s,
 	"apps": {
 		"http": {
 			"grace_period": 1000000000,
@@ -460,7 +461,7 @@ func jsonGateway(store, extra, upstream string) string {
 			}
 		}
 	}
-}`, adminAddr, store, extra, upstream)
+}`, adminAddr, caddyLogging, store, extra, upstream)
 }
 
 // TestJSONConfig: the same gateway written in Caddy's JSON works.

@@ -62,15 +62,20 @@ func choosePorts() error {
 }
 
 // globalOptions starts every Caddyfile the tests load: the admin endpoint
-// caddytest expects, the test's own ports, and extra global options.
+// caddytest expects, the test's own ports, Caddy's log to caddyLog (unless
+// extra sets the default log), and extra global options.
 func globalOptions(extra string) string {
+	logOption := caddyLogOption
+	if setsDefaultLog(extra) {
+		logOption = ""
+	}
 	return `{
 	admin ` + adminAddr + `
 	http_port {$POSTSCALE_TEST_HTTP_PORT}
 	https_port ` + httpsPort + `
 	auto_https off
 	grace_period 1s
-` + extra + `
+` + logOption + extra + `
 }
 `
 }
@@ -86,6 +91,7 @@ func loadCaddyfile(t *testing.T, sites string) {
 // loadConfig loads a config of the given type ("caddyfile" or "json").
 func loadConfig(t *testing.T, config, configType string) {
 	t.Helper()
+	showCaddyLogOnFailure(t)
 	tester := caddytest.NewTester(t)
 	// Registered before InitServer, so it runs after caddytest's own
 	// cleanup (which prints the running config when a test failed).
@@ -97,8 +103,7 @@ func loadConfig(t *testing.T, config, configType string) {
 }
 
 func unloadConfig(t *testing.T) {
-	resp, err := httpClient.Post(adminURL+"/load", "application/json",
-		strings.NewReader(`{"admin":{"listen":"`+adminAddr+`"}}`))
+	resp, err := httpClient.Post(adminURL+"/load", "application/json", strings.NewReader(emptyConfig()))
 	if err != nil {
 		t.Errorf("unloading the config: %v", err)
 		return

@@ -10,12 +10,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/postscale/caddy-postscale/internal/testenv"
 )
 
 // ---- the gateway as a process ----
@@ -29,32 +32,17 @@ var (
 	binaryOnce sync.Once
 	binaryPath string
 	binaryErr  error
-	binaryDir  string
 )
-
-func TestMain(m *testing.M) {
-	if err := choosePorts(); err != nil {
-		fmt.Fprintln(os.Stderr, "choosing test ports:", err)
-		os.Exit(2)
-	}
-	code := m.Run()
-	if binaryDir != "" {
-		os.RemoveAll(binaryDir)
-	}
-	os.Exit(code)
-}
 
 // gatewayBinary builds cmd/caddy once and returns its path.
 func gatewayBinary(t *testing.T) string {
 	t.Helper()
 	binaryOnce.Do(func() {
-		binaryDir, binaryErr = os.MkdirTemp("", "postscale-caddy-")
-		if binaryErr != nil {
-			return
-		}
-		binaryPath = filepath.Join(binaryDir, "caddy")
+		binaryPath = filepath.Join(testDir, "bin", "caddy")
 		cmd := exec.Command("go", "build", "-o", binaryPath, "../cmd/caddy")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		// The user's environment, not the tests': the go command reads
+		// its settings (go env -w) from the user's config directory.
+		cmd.Env = append(slices.Clip(testenv.UserEnv), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			binaryErr = fmt.Errorf("go build ../cmd/caddy: %v\n%s", err, out)
 		}
