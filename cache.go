@@ -262,28 +262,26 @@ func (k *keyring) run() {
 			k.logger.Error("watching store changes stopped; revocations from other processes now wait for the cache TTL", zap.Error(err))
 		}
 	})
-	k.goSafe("usage flusher; key usage is no longer written", func() {
-		t := time.NewTicker(usageFlushInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case now := <-t.C:
-				k.flushUsage(ctx)
-				k.flushHours(ctx, now)
-			}
-		}
+	k.every(ctx, "usage flusher; key usage is no longer written", usageFlushInterval, func(now time.Time) {
+		k.flushUsage(ctx)
+		k.flushHours(ctx, now)
 	})
-	k.goSafe("quota flusher; quota counts are no longer written", func() {
-		t := time.NewTicker(quotaFlushInterval)
+	k.every(ctx, "quota flusher; quota counts are no longer written", quotaFlushInterval, func(now time.Time) {
+		k.flushQuotas(ctx, now)
+	})
+}
+
+// every runs fn every interval, in a goroutine of goSafe, until ctx ends.
+func (k *keyring) every(ctx context.Context, what string, interval time.Duration, fn func(now time.Time)) {
+	k.goSafe(what, func() {
+		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case now := <-t.C:
-				k.flushQuotas(ctx, now)
+				fn(now)
 			}
 		}
 	})

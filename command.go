@@ -125,18 +125,7 @@ func accountCommand() *cobra.Command {
 	create.Flags().String("quota", "", "The account's own quota over its plan's: <count>/day or <count>/month, e.g. 50000/month")
 	create.Flags().String("quota-anchor", "", "Start of the account's quota periods, its billing day (RFC 3339; default: now)")
 
-	show := &cobra.Command{
-		Use:   "show <id>",
-		Short: "Shows an account",
-		Args:  cobra.ExactArgs(1),
-		RunE: withReader(func(ctx context.Context, cmd *cobra.Command, m Manager, args []string) error {
-			a, err := m.GetAccount(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			return printJSON(cmd.OutOrStdout(), a)
-		}),
-	}
+	show := printing("show <id>", "Shows an account", Manager.GetAccount)
 	update := &cobra.Command{
 		Use:   "update <id> [--plan <plan>] [--rate <req/s>] [--burst <n>] [--quota <count>/day|month|none] [--quota-anchor <time>|none]",
 		Short: "Changes an account's plan or custom limits; gateways apply it on its next request",
@@ -192,20 +181,28 @@ func accountCommand() *cobra.Command {
 	update.Flags().String("quota", "", "The account's own quota: <count>/day or <count>/month; none: back to the plan's")
 	update.Flags().String("quota-anchor", "", "Start of the account's quota periods (RFC 3339); none: back to the account's creation")
 
-	usage := &cobra.Command{
-		Use:   "usage <id>",
-		Short: "Shows an account's quota period, its live and test counts, what is left, and its requests per hour for the last 48 hours",
+	usage := printing("usage <id>",
+		"Shows an account's quota period, its live and test counts, what is left, and its requests per hour for the last 48 hours",
+		Manager.AccountUsage)
+	account.AddCommand(create, show, update, usage)
+	return account
+}
+
+// printing is a read-only command of one id argument that prints, as
+// JSON, what get answers for it.
+func printing[T any](use, short string, get func(Manager, context.Context, string) (T, error)) *cobra.Command {
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: withReader(func(ctx context.Context, cmd *cobra.Command, m Manager, args []string) error {
-			u, err := m.AccountUsage(ctx, args[0])
+			v, err := get(m, ctx, args[0])
 			if err != nil {
 				return err
 			}
-			return printJSON(cmd.OutOrStdout(), u)
+			return printJSON(cmd.OutOrStdout(), v)
 		}),
 	}
-	account.AddCommand(create, show, update, usage)
-	return account
 }
 
 func keyCommand() *cobra.Command {
