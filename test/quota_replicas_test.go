@@ -135,7 +135,7 @@ func TestQuotaCrashLoss(t *testing.T) {
 	g.done <- nil
 	g.start(t)
 	got := usage()
-	t.Logf("after a kill: %d of %d admitted requests counted; lost %d (bound: rate × 1s = %d)", got, sent, sent-got, rate)
+	t.Logf("after a kill: %d of %d admitted requests counted; lost %d (bound: the requests of the last second, at most rate × 1s + burst; offered at the rate, %d)", got, sent, sent-got, rate)
 	if got > sent || sent-got > rate {
 		t.Errorf("after a kill: %d counted of %d admitted; want at most %d lost", got, sent, rate)
 	}
