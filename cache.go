@@ -422,7 +422,7 @@ func (k *keyring) cached(h *[sha256.Size]byte, now time.Time, p lookupPolicy) *e
 	if e, ok := k.cache.Get(cacheIndex(h)); ok && hashEqual(&e.hash, h) {
 		metrics.cacheHits.Inc()
 		if k.feedLost.Load() && now.Sub(e.loaded) >= staleAfter {
-			k.refresh(h, e, p)
+			k.refresh(*h, e, p)
 		}
 		return e
 	}
@@ -446,15 +446,18 @@ func flightKey(h *[sha256.Size]byte, gen uint64) string {
 // old in the cache. If the store cannot answer, old is cached again as if
 // just loaded (its TTL unchanged), so that while the store is down each
 // cached key costs it at most one lookup per staleAfter.
-func (k *keyring) refresh(h *[sha256.Size]byte, old *entry, p lookupPolicy) {
+//
+// h is a copy, not a pointer: it outlives the request (as lookup's does),
+// and a pointer would move the caller's key to the heap on every request.
+func (k *keyring) refresh(h [sha256.Size]byte, old *entry, p lookupPolicy) {
 	gen := k.gen.Load()
-	k.group.DoChan(flightKey(h, gen), func() (any, error) {
+	k.group.DoChan(flightKey(&h, gen), func() (any, error) {
 		// A request that read old just before an earlier refresh replaced
 		// it must not ask the store again.
-		if cur, ok := k.cache.Get(cacheIndex(h)); ok && hashEqual(&cur.hash, h) && time.Since(cur.loaded) < staleAfter {
+		if cur, ok := k.cache.Get(cacheIndex(&h)); ok && hashEqual(&cur.hash, &h) && time.Since(cur.loaded) < staleAfter {
 			return cur, nil
 		}
-		e, err := k.load(context.Background(), *h, gen, p)
+		e, err := k.load(context.Background(), h, gen, p)
 		if err != nil {
 			kept := *old
 			kept.loaded = time.Now()
@@ -482,11 +485,12 @@ func (k *keyring) put(e *entry, gen uint64, ttl time.Duration) {
 // lookup asks the store for h through singleflight and caches the answer
 // for p.ttl (p.negTTL when the store does not know the hash). An error means
 // the store could not answer, in time or at all, or every lookup slot was
-// taken (errLookupsBusy); nothing is cached then.
-func (k *keyring) lookup(ctx context.Context, h *[sha256.Size]byte, p lookupPolicy) (*entry, error) {
+// taken (errLookupsBusy); nothing is cached then. h is a copy, as for
+// refresh.
+func (k *keyring) lookup(ctx context.Context, h [sha256.Size]byte, p lookupPolicy) (*entry, error) {
 	gen := k.gen.Load()
-	v, err, _ := k.group.Do(flightKey(h, gen), func() (any, error) {
-		e, err := k.load(ctx, *h, gen, p)
+	v, err, _ := k.group.Do(flightKey(&h, gen), func() (any, error) {
+		e, err := k.load(ctx, h, gen, p)
 		if err == nil && e.found {
 			// Requests after this one must find the entry, not start
 			// another lookup while ristretto's buffer still holds it.

@@ -113,7 +113,7 @@ func testGet(k *keyring, h *[sha256.Size]byte, p lookupPolicy) (e *entry, hit bo
 	if e := k.cached(h, time.Now(), p); e != nil {
 		return e, true, nil
 	}
-	e, err = k.lookup(context.Background(), h, p)
+	e, err = k.lookup(context.Background(), *h, p)
 	return e, false, err
 }
 

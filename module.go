@@ -522,7 +522,7 @@ func (h *Handler) check(r *http.Request, now time.Time) (*entry, outcome, int64)
 			}
 		}
 		if e == nil {
-			if e, err = h.keys.lookup(r.Context(), &key.Hash, h.lookup); err != nil {
+			if e, err = h.keys.lookup(r.Context(), key.Hash, h.lookup); err != nil {
 				h.keys.guessers.release(ticket)
 				if c := h.logger.Check(zapcore.DebugLevel, "key store unavailable; answering 503"); c != nil {
 					c.Write(zap.Error(err))
