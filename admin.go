@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -93,11 +94,22 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	}
 	switch {
 	case collection == "accounts" && id == "":
-		if r.Method != http.MethodPost {
-			return method(http.MethodPost)
+		switch r.Method {
+		case http.MethodPost:
+			out, err = withBody(r, m.CreateAccount)
+			status = http.StatusCreated
+		case http.MethodGet:
+			q := r.URL.Query()
+			limit := 0
+			if v := q.Get("limit"); v != "" {
+				if limit, err = strconv.Atoi(v); err != nil || limit == 0 {
+					limit = -1 // refused by ListAccounts, naming the bounds
+				}
+			}
+			out, err = m.ListAccounts(ctx, q.Get("after"), q.Get("q"), limit)
+		default:
+			return method(http.MethodGet, http.MethodPost)
 		}
-		out, err = withBody(r, m.CreateAccount)
-		status = http.StatusCreated
 	case collection == "accounts" && action == "usage":
 		if r.Method != http.MethodGet {
 			return method(http.MethodGet)
