@@ -41,7 +41,22 @@ const adminPrefix = "/postscale/"
 
 // Routes implements caddy.AdminRouter.
 func (a *adminAPI) Routes() []caddy.AdminRoute {
-	return []caddy.AdminRoute{{Pattern: adminPrefix, Handler: caddy.AdminHandlerFunc(a.serve)}}
+	return []caddy.AdminRoute{
+		{Pattern: adminPrefix, Handler: caddy.AdminHandlerFunc(a.serve)},
+		{Pattern: adminUIPrefix, Handler: caddy.AdminHandlerFunc(a.serveUI)},
+	}
+}
+
+// adminUIPrefix is where the operators' API keys page is served: on the
+// admin endpoint, behind its access controls, calling the JSON API above.
+const adminUIPrefix = adminPrefix + "ui/"
+
+// serveUI serves the page's files; it needs no store, so it works before
+// a postscale handler is configured.
+func (a *adminAPI) serveUI(w http.ResponseWriter, r *http.Request) error {
+	name := strings.TrimPrefix(r.URL.Path, adminUIPrefix)
+	serveUIFile(w, r, name, pageSettings{mode: "operator"})
+	return nil
 }
 
 // Bounds of a management request body, in bytes.
