@@ -174,10 +174,10 @@ async function loadAccounts() {
       el("td", { "data-label": "Account" }, el("code", { text: a.id })),
       el("td", { "data-label": "Plan", text: a.plan }),
       el("td", { "data-label": "Created", text: when(a.created_at) }),
-      el("td", { class: "actions" }, el("button", {
+      el("td", { class: "actions-cell" }, el("div", { class: "actions" }, el("button", {
         type: "button", "data-action": "open-account", "aria-label": `Open account ${a.id}`,
         text: "Open", onclick: () => openAccount(a.id),
-      })),
+      }))),
     ));
   }
   $("#no-accounts").hidden = page.accounts.length > 0;
@@ -230,7 +230,7 @@ function renderKeys() {
   for (const k of state.keys) {
     const st = keyState(k, now);
     const stale = st === "active" && isStale(k, now);
-    const actions = el("td", { class: "actions" });
+    const actions = el("div", { class: "actions" });
     if (st === "active") {
       actions.append(el("button", {
         type: "button", "data-action": "roll", "aria-label": `Roll key ${k.name}`, text: "Roll",
@@ -256,7 +256,7 @@ function renderKeys() {
       el("td", { "data-label": "Requests", class: "num key-requests", text: number.format(k.requests || 0) }),
       el("td", { "data-label": "Expires", text: expires }),
       el("td", { "data-label": "State" }, el("span", { class: `badge state-${st} key-state`, text: st })),
-      actions,
+      el("td", { class: "actions-cell" }, actions),
     ));
   }
   $("#no-keys").hidden = state.keys.length > 0;
@@ -437,7 +437,7 @@ function renderUsage(u) {
     s.append(svg("line", { class: "pace", x1: left, y1: y(pace), x2: W - right, y2: y(pace) }));
   }
   $("#chart").replaceChildren(s);
-  $(".legend .swatch.pace").hidden = !pace;
+  $("#legend-pace").hidden = !pace;
 }
 
 // ---- operator forms ----
