@@ -206,6 +206,14 @@ func TestPortalScoping(t *testing.T) {
 		t.Fatalf("acme's list: %+v, want acme's one key %s only", list, mine.ID)
 	}
 
+	// Signed in as acme, a client that sends X-Account-Id: globex itself
+	// still gets acme's keys: forward_auth replaces the header.
+	var forged portalKeyList
+	r0 := portalCall(t, env, "acme", http.MethodGet, "api/keys", nil, "X-Account-Id: globex")
+	if err := json.Unmarshal(r0.body, &forged); err != nil || r0.status != http.StatusOK || forged.Account != "acme" || len(forged.Keys) != 1 || forged.Keys[0].ID != mine.ID {
+		t.Fatalf("acme sending X-Account-Id: globex: HTTP %d %s, want acme's keys", r0.status, r0.body)
+	}
+
 	// Another account's key, by its id: not found, in every call, and
 	// nothing happens to it.
 	notFound := portalCall(t, env, "acme", http.MethodGet, "api/keys/"+theirs.ID, nil).body
