@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -41,7 +42,22 @@ const adminPrefix = "/postscale/"
 
 // Routes implements caddy.AdminRouter.
 func (a *adminAPI) Routes() []caddy.AdminRoute {
-	return []caddy.AdminRoute{{Pattern: adminPrefix, Handler: caddy.AdminHandlerFunc(a.serve)}}
+	return []caddy.AdminRoute{
+		{Pattern: adminPrefix, Handler: caddy.AdminHandlerFunc(a.serve)},
+		{Pattern: adminUIPrefix, Handler: caddy.AdminHandlerFunc(a.serveUI)},
+	}
+}
+
+// adminUIPrefix is where the operators' API keys page is served: on the
+// admin endpoint, behind its access controls, calling the JSON API above.
+const adminUIPrefix = adminPrefix + "ui/"
+
+// serveUI serves the page's files; it needs no store, so it works before
+// a postscale handler is configured.
+func (a *adminAPI) serveUI(w http.ResponseWriter, r *http.Request) error {
+	name := strings.TrimPrefix(r.URL.Path, adminUIPrefix)
+	serveUIFile(w, r, name, pageSettings{mode: "operator"})
+	return nil
 }
 
 // Bounds of a management request body, in bytes.
@@ -125,11 +141,22 @@ func (a *adminAPI) handle(w http.ResponseWriter, r *http.Request) error {
 	}
 	switch {
 	case collection == "accounts" && id == "":
-		if r.Method != http.MethodPost {
-			return method(http.MethodPost)
+		switch r.Method {
+		case http.MethodPost:
+			out, err = withBody(r, m.CreateAccount)
+			status = http.StatusCreated
+		case http.MethodGet:
+			q := r.URL.Query()
+			limit := 0
+			if v := q.Get("limit"); v != "" {
+				if limit, err = strconv.Atoi(v); err != nil || limit == 0 {
+					limit = -1 // refused by ListAccounts, naming the bounds
+				}
+			}
+			out, err = m.ListAccounts(ctx, q.Get("after"), q.Get("q"), limit)
+		default:
+			return method(http.MethodGet, http.MethodPost)
 		}
-		out, err = withBody(r, m.CreateAccount)
-		status = http.StatusCreated
 	case collection == "accounts" && action == "usage":
 		if r.Method != http.MethodGet {
 			return method(http.MethodGet)

@@ -474,6 +474,70 @@ func (m storeManager) AccountUsage(ctx context.Context, id string) (AccountUsage
 	return u, nil
 }
 
+// Bounds of a page of accounts.
+const (
+	DefaultAccountPage = 50
+	MaxAccountPage     = 500
+)
+
+// AccountPage is one page of accounts, in id order. Next is the id to ask
+// for the following page after, or empty on the last page.
+type AccountPage struct {
+	Accounts []Account `json:"accounts"`
+	Next     string    `json:"next"`
+}
+
+// ListAccounts returns up to limit accounts (DefaultAccountPage when 0,
+// at most MaxAccountPage) whose ids come after after, in byte order; with
+// prefix set, only those whose ids start with it.
+func (m storeManager) ListAccounts(ctx context.Context, after, prefix string, limit int) (AccountPage, error) {
+	switch {
+	case limit == 0:
+		limit = DefaultAccountPage
+	case limit < 1 || limit > MaxAccountPage:
+		return AccountPage{}, badInput("limit", "must be 1 to %d", MaxAccountPage)
+	}
+	if after != "" {
+		if err := checkAccountRef("after", after); err != nil {
+			return AccountPage{}, err
+		}
+	}
+	from := after
+	if prefix != "" {
+		if err := checkAccountRef("q", prefix); err != nil {
+			return AccountPage{}, err
+		}
+		// The ids that start with prefix follow one another in byte
+		// order, from prefix itself on. Ids are made of bytes 0x2D to
+		// 0x7A only, so the string made of prefix with its last byte one
+		// less, then 0x7F, comes after every id below prefix and before
+		// prefix: starting after it starts at the first match.
+		start := prefix[:len(prefix)-1] + string(prefix[len(prefix)-1]-1) + "\x7f"
+		if from < start {
+			from = start
+		}
+	}
+	// One more than asked for tells whether another page follows.
+	accounts, err := m.store.ListAccounts(ctx, from, limit+1)
+	if err != nil {
+		return AccountPage{}, err
+	}
+	if prefix != "" {
+		for i, a := range accounts {
+			if !strings.HasPrefix(a.ID, prefix) {
+				accounts = accounts[:i]
+				break
+			}
+		}
+	}
+	page := AccountPage{Accounts: accounts}
+	if len(accounts) > limit {
+		page.Accounts = accounts[:limit]
+		page.Next = accounts[limit-1].ID
+	}
+	return page, nil
+}
+
 // GetAccount returns an account.
 func (m storeManager) GetAccount(ctx context.Context, id string) (Account, error) {
 	if err := checkAccountRef("id", id); err != nil {

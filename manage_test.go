@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -348,4 +349,82 @@ func TestScrubKeys(t *testing.T) {
 			t.Errorf("scrubKeys(%q) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+// TestListAccounts: the accounts come a page at a time in id order, the
+// last page with no next; q keeps those whose ids start with it, however
+// the ids around them sort; limits out of bounds are refused.
+func TestListAccounts(t *testing.T) {
+	ctx := context.Background()
+	now := t0
+	m, _ := openManager(t, &now) // holds acme
+	for _, id := range []string{"ab", "ab-2", "ab_1", "abc", "aa", "ac", "Ab", "b"} {
+		if _, err := m.CreateAccount(ctx, AccountRequest{ID: id, Plan: "growth"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ids := func(p AccountPage) []string {
+		var out []string
+		for _, a := range p.Accounts {
+			out = append(out, a.ID)
+		}
+		return out
+	}
+	var all []string
+	after := ""
+	for range 10 {
+		p, err := m.ListAccounts(ctx, after, "", 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, ids(p)...)
+		if p.Next == "" {
+			break
+		}
+		if p.Next != p.Accounts[len(p.Accounts)-1].ID {
+			t.Fatalf("next %q, want the page's last id %q", p.Next, p.Accounts[len(p.Accounts)-1].ID)
+		}
+		after = p.Next
+	}
+	if want := []string{"Ab", "aa", "ab", "ab-2", "ab_1", "abc", "ac", "acme", "b"}; !slices.Equal(all, want) {
+		t.Errorf("pages of 4: %v, want %v", all, want)
+	}
+	// A page that holds exactly the rest is the last: no next.
+	p, err := m.ListAccounts(ctx, "ab_1", "", 4)
+	if err != nil || p.Next != "" || !slices.Equal(ids(p), []string{"abc", "ac", "acme", "b"}) {
+		t.Errorf("last page: %v next %q, %v", ids(p), p.Next, err)
+	}
+
+	for _, c := range []struct {
+		q, after string
+		limit    int
+		want     []string
+		next     string
+	}{
+		{"ab", "", 0, []string{"ab", "ab-2", "ab_1", "abc"}, ""},
+		{"ab", "", 2, []string{"ab", "ab-2"}, "ab-2"},
+		{"ab", "ab-2", 2, []string{"ab_1", "abc"}, ""},
+		{"ac", "", 0, []string{"ac", "acme"}, ""},
+		{"A", "", 0, []string{"Ab"}, ""},
+		{"a-", "", 0, nil, ""},
+		{"zz", "", 0, nil, ""},
+	} {
+		p, err := m.ListAccounts(ctx, c.after, c.q, c.limit)
+		if err != nil {
+			t.Fatalf("q=%s: %v", c.q, err)
+		}
+		if !slices.Equal(ids(p), c.want) || p.Next != c.next {
+			t.Errorf("q=%s after=%s limit=%d: %v next %q, want %v next %q", c.q, c.after, c.limit, ids(p), p.Next, c.want, c.next)
+		}
+	}
+
+	for _, limit := range []int{-1, MaxAccountPage + 1} {
+		_, err := m.ListAccounts(ctx, "", "", limit)
+		inputErrorOn(t, err, "limit")
+	}
+	if p, err := m.ListAccounts(ctx, "", "", MaxAccountPage); err != nil || len(p.Accounts) != 9 {
+		t.Errorf("limit %d: %d accounts, %v", MaxAccountPage, len(p.Accounts), err)
+	}
+	_, err = m.ListAccounts(ctx, "", "no spaces", 0)
+	inputErrorOn(t, err, "q")
 }

@@ -8,7 +8,8 @@
 // and accounts are managed through Caddy's admin endpoint (/postscale/) or
 // the "caddy postscale" command.
 //
-// Modules: http.handlers.postscale (the handler), postscale (the app that
+// Modules: http.handlers.postscale (the handler),
+// http.handlers.postscale_portal (the customers' API keys page), postscale (the app that
 // ties handlers to the admin API), admin.api.postscale, the key stores in
 // the postscale.stores namespace (postscale.stores.sqlite, the default, and
 // postscale.stores.postgres, shared by several replicas), and the rate
@@ -23,6 +24,7 @@ import (
 
 func init() {
 	caddy.RegisterModule(Handler{})
+	caddy.RegisterModule(Portal{})
 	caddy.RegisterModule(new(App))
 	caddy.RegisterModule(adminAPI{})
 	caddy.RegisterModule(SQLiteStore{})
@@ -34,5 +36,10 @@ func init() {
 	// handle, route, respond and proxy, so none of them can be reached
 	// without a key.
 	httpcaddyfile.RegisterDirectiveOrder("postscale", httpcaddyfile.After, "forward_auth")
+	httpcaddyfile.RegisterHandlerDirective("postscale_portal", parsePortalCaddyfile)
+	// A handler that answers, like respond: after the authentication
+	// directives (forward_auth establishes who is signed in) and the
+	// handle blocks.
+	httpcaddyfile.RegisterDirectiveOrder("postscale_portal", httpcaddyfile.Before, "respond")
 	registerCommand()
 }

@@ -42,6 +42,11 @@ type Store interface {
 	CreateAccount(ctx context.Context, a Account) error
 	// GetAccount returns the account with that id, or ErrNotFound.
 	GetAccount(ctx context.Context, id string) (Account, error)
+	// ListAccounts returns up to limit accounts whose ids come after
+	// after ("" for the first page), in byte order of their ids (the order
+	// of Go's string comparison, whatever the database's collation), or an
+	// empty list past the last one.
+	ListAccounts(ctx context.Context, after string, limit int) ([]Account, error)
 
 	// UpdateAccount reads the account, passes it to update, and stores the
 	// plan and limits update returns, all in one transaction, so

@@ -270,6 +270,70 @@ func testStoreContract(t *testing.T, open func(t *testing.T) Store) {
 		})
 	})
 
+	t.Run("ListAccounts", func(t *testing.T) {
+		t.Run("PagesInByteOrder", func(t *testing.T) {
+			s := open(t)
+			ctx := t.Context()
+			// Created out of byte order; upper case, digits, _ and - sort
+			// differently in byte order than in most languages' collations.
+			ids := []string{"beta", "Zed", "alpha", "a-1", "a_1", "b", "9lives", "alpha2"}
+			want := map[string]Account{}
+			for _, id := range ids {
+				want[id] = contractCreateAccount(t, s, id)
+			}
+			sorted := slices.Clone(ids)
+			slices.Sort(sorted)
+			var got []string
+			after := ""
+			for page := 0; ; page++ {
+				if page > len(ids) {
+					t.Fatalf("ListAccounts never ran out: pages so far %v", got)
+				}
+				accounts, err := s.ListAccounts(ctx, after, 3)
+				if err != nil {
+					t.Fatalf("ListAccounts(%q, 3): %v", after, err)
+				}
+				if len(accounts) > 3 {
+					t.Fatalf("ListAccounts(%q, 3) returned %d accounts", after, len(accounts))
+				}
+				if len(accounts) == 0 {
+					break
+				}
+				for _, a := range accounts {
+					contractCheckAccount(t, "ListAccounts("+a.ID+")", a, want[a.ID])
+					got = append(got, a.ID)
+				}
+				after = accounts[len(accounts)-1].ID
+			}
+			if !slices.Equal(got, sorted) {
+				t.Errorf("pages of ListAccounts = %v, want %v (byte order)", got, sorted)
+			}
+		})
+
+		t.Run("Empty", func(t *testing.T) {
+			s := open(t)
+			got, err := s.ListAccounts(t.Context(), "", 50)
+			if err != nil {
+				t.Fatalf("ListAccounts on an empty store: %v", err)
+			}
+			if got == nil || len(got) != 0 {
+				t.Errorf("ListAccounts on an empty store = %#v, want an empty non-nil list", got)
+			}
+		})
+
+		t.Run("AfterTheLast", func(t *testing.T) {
+			s := open(t)
+			contractCreateAccount(t, s, "acme")
+			got, err := s.ListAccounts(t.Context(), "acme", 50)
+			if err != nil {
+				t.Fatalf("ListAccounts after the last: %v", err)
+			}
+			if len(got) != 0 {
+				t.Errorf("ListAccounts(after the last id) = %v, want none", got)
+			}
+		})
+	})
+
 	t.Run("RevokeKey", func(t *testing.T) {
 		t.Run("SetsRevokedAt", func(t *testing.T) {
 			s := open(t)

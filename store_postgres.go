@@ -514,6 +514,27 @@ func (s *PostgresStore) GetAccount(ctx context.Context, id string) (Account, err
 	return pgScanAccount(s.db.pool.QueryRow(ctx, `SELECT `+pgAccountColumns+` FROM postscale_accounts a WHERE a.id = $1`, id))
 }
 
+// ListAccounts implements Store. The ids are compared in the C collation,
+// bytewise, so that pages follow Go's order whatever the database's
+// default collation is.
+func (s *PostgresStore) ListAccounts(ctx context.Context, after string, limit int) ([]Account, error) {
+	rows, err := s.db.pool.Query(ctx, `SELECT `+pgAccountColumns+` FROM postscale_accounts a
+		WHERE a.id COLLATE "C" > $1 ORDER BY a.id COLLATE "C" LIMIT $2`, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	accounts := []Account{}
+	for rows.Next() {
+		a, err := pgScanAccount(rows)
+		if err != nil {
+			return nil, err
+		}
+		accounts = append(accounts, a)
+	}
+	return accounts, rows.Err()
+}
+
 // UpdateAccount implements Store. The read locks the account row (FOR
 // UPDATE) until the transaction ends, so concurrent updates queue.
 func (s *PostgresStore) UpdateAccount(ctx context.Context, id string, update func(Account) (Account, error)) (Account, error) {

@@ -510,6 +510,25 @@ func (s *SQLiteStore) GetAccount(ctx context.Context, id string) (Account, error
 
 var accountColumns = accountColumnsOf("")
 
+// ListAccounts implements Store. SQLite compares TEXT bytewise (the BINARY
+// collation), which is Go's order.
+func (s *SQLiteStore) ListAccounts(ctx context.Context, after string, limit int) ([]Account, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+accountColumns+` FROM accounts WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	accounts := []Account{}
+	for rows.Next() {
+		a, err := scanAccount(rows)
+		if err != nil {
+			return nil, err
+		}
+		accounts = append(accounts, a)
+	}
+	return accounts, rows.Err()
+}
+
 // accountColumnsOf lists an account's columns, of table alias t.
 func accountColumnsOf(t string) string {
 	if t != "" {

@@ -159,7 +159,7 @@ func TestAdminAPIErrors(t *testing.T) {
 			map[string]any{"account": "acme", "name": "new", "key": secret},
 			map[string]any{"account": "acme", "name": "again", "key": "ps_live_abc123xyz"},
 		), 409, "already exists"},
-		{"list accounts: no such call", "GET", "/postscale/accounts", nil, 405, "GET"},
+		{"delete all accounts", "DELETE", "/postscale/accounts", nil, 405, "DELETE"},
 		{"replace account", "PUT", "/postscale/accounts/acme", map[string]any{"plan": "scale"}, 405, "PUT"},
 		{"delete account", "DELETE", "/postscale/accounts/acme", nil, 405, "DELETE"},
 		{"replace keys", "PUT", "/postscale/keys", nil, 405, "PUT"},
