@@ -80,7 +80,7 @@ than starter, growth, scale or enterprise is stored with a warning.`,
 			cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 				return errors.New(scrubKeys(err.Error()))
 			})
-			cmd.AddCommand(accountCommand(), keyCommand())
+			cmd.AddCommand(accountCommand(), keyCommand(), uiCommand())
 		},
 	})
 }

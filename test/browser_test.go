@@ -1,10 +1,13 @@
 package test
 
 import (
+	"bufio"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 )
 
@@ -299,21 +301,40 @@ func (b *browser) revokeInPage(id, shot string) {
 	b.waitState(id, "revoked")
 }
 
-// openOperatorPage opens /postscale/ui/ on the admin endpoint. Caddy's
-// admin endpoint refuses a browser's request that carries neither Origin
-// nor Referer (see TestUIOperatorTypedURLRefusedByCaddy), which a typed
-// or bookmarked URL does not; the page is opened as a link on the admin
-// origin would open it, with that Referer.
+// openOperatorPage opens the operators' page as an operator does: Caddy's
+// admin endpoint refuses a typed or bookmarked URL from a browser (see
+// TestUIOperatorTypedURLRefusedByCaddy), so `caddy postscale ui` serves it
+// on a local address, and the browser is pointed there as if typed.
 func (b *browser) openOperatorPage() {
 	b.t.Helper()
-	u := adminURL + "/postscale/ui/"
-	b.step("opening "+u, chromedp.ActionFunc(func(ctx context.Context) error {
-		_, _, errText, _, err := page.Navigate(u).WithReferrer(u).Do(ctx)
-		if err == nil && errText != "" {
-			err = fmt.Errorf("navigation: %s", errText)
-		}
-		return err
-	}), chromedp.WaitVisible("#accounts", chromedp.ByQuery))
+	u := startUIServer(b.t)
+	b.step("opening "+u, chromedp.Navigate(u), chromedp.WaitVisible("#accounts", chromedp.ByQuery))
+}
+
+// startUIServer runs `caddy postscale ui` (the built binary) against the
+// in-process Caddy's admin endpoint until the test ends, and returns the
+// address it printed.
+func startUIServer(t *testing.T) string {
+	t.Helper()
+	cmd := exec.Command(gatewayBinary(t), "postscale", "ui", "--address", adminAddr)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatalf("caddy postscale ui printed no address: %v\n%s", err, stderr.String())
+	}
+	return strings.TrimSpace(line)
 }
 
 // TestUIOperatorBrowser: an operator, in the page on the admin endpoint,
@@ -499,5 +520,58 @@ func TestUIOperatorTypedURLRefusedByCaddy(t *testing.T) {
 	var doc map[string]string
 	if err := json.Unmarshal([]byte(strings.TrimSpace(body)), &doc); err != nil || !strings.Contains(doc["error"], "origin") {
 		t.Errorf("a typed URL got %q, want Caddy's refusal naming the origin", body)
+	}
+}
+
+// TestUIServerKeepsTheAdminChecks: `caddy postscale ui` passes on only the
+// page's own requests: other hosts (DNS rebinding), other sites, changes
+// without the page's header and paths outside /postscale/ are refused.
+func TestUIServerKeepsTheAdminChecks(t *testing.T) {
+	startGateway(t, "")
+	base := strings.TrimSuffix(startUIServer(t), "/postscale/ui/")
+	do := func(method, path string, hdr map[string]string, body string) int {
+		t.Helper()
+		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
+		for k, v := range hdr {
+			if k == "Host" {
+				req.Host = v
+				continue
+			}
+			req.Header.Set(k, v)
+		}
+		resp, err := httpClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode >= 400 {
+			t.Logf("%s %s: %d %s", method, path, resp.StatusCode, b)
+		}
+		return resp.StatusCode
+	}
+	page := map[string]string{"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"}
+	same := map[string]string{"Sec-Fetch-Site": "same-origin", "X-Postscale-CSRF": "1", "Content-Type": "application/json"}
+	for _, c := range []struct {
+		name         string
+		method, path string
+		hdr          map[string]string
+		body         string
+		want         int
+	}{
+		{"the page, typed", "GET", "/postscale/ui/", page, "", 200},
+		{"an account, from the page", "POST", "/postscale/accounts", same, `{"id":"acme","plan":"starter"}`, 201},
+		{"another site's form", "POST", "/postscale/accounts", map[string]string{"Sec-Fetch-Site": "cross-site", "Content-Type": "application/json"}, `{"id":"evil","plan":"starter"}`, 403},
+		{"another origin", "POST", "/postscale/accounts", map[string]string{"Origin": "http://evil.example", "X-Postscale-CSRF": "1"}, `{"id":"evil","plan":"starter"}`, 403},
+		{"a change without the page's header", "POST", "/postscale/accounts", map[string]string{"Content-Type": "application/json"}, `{"id":"evil","plan":"starter"}`, 403},
+		{"another Host (DNS rebinding)", "GET", "/postscale/ui/", map[string]string{"Host": "evil.example:80"}, "", 403},
+		{"Caddy's config API", "GET", "/config/", page, "", 404},
+	} {
+		if got := do(c.method, c.path, c.hdr, c.body); got != c.want {
+			t.Errorf("%s: %s %s answered %d, want %d", c.name, c.method, c.path, got, c.want)
+		}
+	}
+	if resp, b := adminDo(t, http.MethodGet, "/postscale/accounts/evil", nil); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("a refused request created an account: %d %s", resp.StatusCode, b)
 	}
 }
