@@ -55,7 +55,8 @@ type entry struct {
 	used   *PeriodUsage
 	// counters are the account's counters of the current quota period
 	// and hour, found once per period and hour (see quotaCounterOf,
-	// hourCounterOf); an entry kept by refresh shares them.
+	// hourCounterOf). A copy of the entry (refresh keeps one while the
+	// store is down) shares them.
 	counters *entryCounters
 
 	// Placeholder values, boxed once.

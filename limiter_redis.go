@@ -664,7 +664,8 @@ if (1 - tokens) / rate * 1e9 < 1 then
   redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil((burst - tokens) / rate * 1000)))
   if KEYS[2] then
     used = used + 1
-    redis.call('SET', KEYS[2], used, 'PXAT', ARGV[6])
+    redis.call('SET', KEYS[2], used)
+    redis.call('PEXPIREAT', KEYS[2], ARGV[6])
   end
 end
 if KEYS[2] then

@@ -345,6 +345,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	q := e.quota
 	if q == nil {
 		q = l.quota
+		if q == nil && l == e.custom {
+			// An account with its own rate keeps its plan's quota.
+			if pl := h.limits[e.plan]; pl != nil {
+				q = pl.quota
+			}
+		}
 	}
 	var qc *quotaCounter
 	var qs quotaState
@@ -384,9 +390,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			exceeded = true
 		}
 		if exceeded {
+			retry := max(1, qs.reset)
+			if qc.pending.Load() > 0 {
+				// The last of the quota is reserved by requests whose
+				// bucket has not decided: come back in a second, not at
+				// the period's end.
+				retry = 1
+			}
 			wh["Ratelimit-Policy"] = oneValue(vals, valPolicy, policy)
 			wh["Ratelimit"] = oneValue(vals, valRateLimit, quotaHeader(qs))
-			wh["Retry-After"] = oneValue(vals, valRetryAfter, strconv.FormatInt(max(1, qs.reset), 10))
+			wh["Retry-After"] = oneValue(vals, valRetryAfter, strconv.FormatInt(retry, 10))
 			countOutcome(outcomeQuotaExceeded, e.mode, l.name)
 			hour.refused.Add(1)
 			writeRejection(w, outcomeQuotaExceeded)
@@ -395,8 +408,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	if !decided {
 		st = h.limiter.Take(r.Context(), bk, l, now)
-		if !st.admitted && counts {
-			qc.unreserve()
+		if counts {
+			if st.admitted {
+				qc.settle()
+			} else {
+				qc.unreserve()
+			}
 		}
 	}
 	if qs.policy != nil {

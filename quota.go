@@ -144,10 +144,14 @@ type quotaCounter struct {
 	// unflushed are the live and test requests counted here and not yet
 	// written to the store.
 	unflushed, test atomic.Int64
+	// pending counts reserved requests whose bucket has not decided yet:
+	// while it is above zero, a refusal may be taken back within moments.
+	pending atomic.Int64
 }
 
 // reserve counts one live request if the period has room for it under
-// count, and reports whether it had.
+// count, and reports whether it had. A reservation is settled with
+// settle, or taken back with unreserve.
 func (c *quotaCounter) reserve(count int64) bool {
 	for {
 		u := c.used.Load()
@@ -155,17 +159,23 @@ func (c *quotaCounter) reserve(count int64) bool {
 			return false
 		}
 		if c.used.CompareAndSwap(u, u+1) {
+			c.pending.Add(1)
 			c.unflushed.Add(1)
 			return true
 		}
 	}
 }
 
+// settle keeps a reserved request: its bucket admitted it.
+func (c *quotaCounter) settle() { c.pending.Add(-1) }
+
 // unreserve takes back a reserved request that was refused after all
-// (by its rate limit): a refused request counts nothing.
+// (by its rate limit): a refused request counts nothing. unflushed goes
+// first, so a learn in between never adds the request back into used.
 func (c *quotaCounter) unreserve() {
-	c.used.Add(-1)
 	c.unflushed.Add(-1)
+	c.used.Add(-1)
+	c.pending.Add(-1)
 }
 
 // learn raises used to a total the store reported, plus what was counted

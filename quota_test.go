@@ -130,3 +130,31 @@ func TestParseQuota(t *testing.T) {
 		}
 	}
 }
+
+// TestQuotaCounterReservations: the last request of a quota, reserved
+// while its bucket decides, leaves others refused with pending set (so
+// they are told to come back in a second), and is given back if the
+// bucket refuses it; a learned total never brings a given-back request
+// back.
+func TestQuotaCounterReservations(t *testing.T) {
+	c := &quotaCounter{}
+	c.used.Store(4)
+	if !c.reserve(5) {
+		t.Fatal("the fifth of 5 was refused")
+	}
+	if c.reserve(5) || c.pending.Load() != 1 {
+		t.Fatalf("a sixth while the fifth is pending: reserved, or pending %d; want refused with 1 pending", c.pending.Load())
+	}
+	c.unreserve()
+	c.learn(4) // the store knows of 4
+	if c.used.Load() != 4 || c.pending.Load() != 0 || c.unflushed.Load() != 0 {
+		t.Fatalf("after the bucket refused it: used %d, pending %d, unflushed %d; want 4, 0, 0", c.used.Load(), c.pending.Load(), c.unflushed.Load())
+	}
+	if !c.reserve(5) {
+		t.Fatal("the fifth, given back, could not be reserved again")
+	}
+	c.settle()
+	if c.reserve(5) || c.pending.Load() != 0 {
+		t.Fatalf("after the fifth was admitted: another reserved, or pending %d; want refused with none pending", c.pending.Load())
+	}
+}

@@ -27,7 +27,9 @@ import (
 // command's own server stands between the browser and the endpoint and
 // keeps the endpoint's protections itself: it answers only on loopback,
 // only to its own Host (against DNS rebinding), only for /postscale/
-// paths, and refuses what a browser marks as coming from another site.
+// paths, and refuses what a browser marks as coming from another site. It
+// refuses to serve an admin endpoint on a socket, which is reachable by
+// fewer users than a loopback port.
 func uiCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ui [--listen 127.0.0.1:0]",
@@ -118,14 +120,13 @@ func newUIProxy(admin, self string) (*uiProxy, error) {
 	if err != nil || na.PortRangeSize() > 1 {
 		return nil, fmt.Errorf("the admin address %q is not one address", admin)
 	}
+	if na.IsUnixNetwork() || na.IsFdNetwork() {
+		// A socket limits the admin API to the users its file lets in;
+		// a TCP port on loopback would open it to every local user.
+		return nil, fmt.Errorf("the admin endpoint %s is a socket, which only its file's users can reach; serving its page on a TCP port would let every local user use it. Give the gateway a loopback admin address (admin localhost:2019) to use this command", admin)
+	}
 	target := na.JoinHostPort(0)
 	p := &uiProxy{self: self, origin: "http://" + target}
-	if na.IsUnixNetwork() {
-		if i := strings.LastIndexByte(target, '|'); i >= 0 {
-			target = target[:i] // permission bits
-		}
-		p.origin = "http://127.0.0.1" // as caddy's own commands send for a socket
-	}
 	p.base = p.origin
 	p.client = &http.Client{
 		Timeout: 30 * time.Second,
@@ -164,7 +165,7 @@ func (p *uiProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "cross-origin request refused", http.StatusForbidden)
 		return
 	}
-	if r.Method != http.MethodGet && r.Method != http.MethodHead && r.Header.Get("X-Postscale-Csrf") == "" {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead && r.Header.Get("X-Postscale-Csrf") != "1" {
 		http.Error(w, "a change needs the page's X-Postscale-CSRF header", http.StatusForbidden)
 		return
 	}

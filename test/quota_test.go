@@ -320,3 +320,23 @@ func TestQuotaCLI(t *testing.T) {
 		t.Errorf("account update --quota 10/week: err %v, stderr %q; want a refusal naming day and month", err, stderr)
 	}
 }
+
+// TestQuotaOfCustomRateAccount: an account with its own rate (enterprise)
+// keeps its plan's quota, as the usage report says.
+func TestQuotaOfCustomRateAccount(t *testing.T) {
+	backend, _ := startGateway(t, "plan enterprise 100 {\n\t\t\tquota 2 day\n\t\t}")
+	adminCall(t, http.MethodPost, "/postscale/accounts", map[string]any{"id": "bigco", "plan": "enterprise", "rate": 500}, http.StatusCreated, nil)
+	live := createKey(t, "bigco", "live", "live")
+	for range 2 {
+		expectAdmitted(t, backend, live.Key, "/v1/emails")
+	}
+	r := expectRejected(t, backend, quotaExceeded, "/v1/emails", bearer(live.Key))
+	if got, want := r.header.Get("RateLimit-Policy"), `"enterprise";q=500;w=1, "enterprise-day";q=2`; got != want {
+		t.Errorf("RateLimit-Policy: got %q, want %q", got, want)
+	}
+	var u usageDoc
+	adminCall(t, http.MethodGet, "/postscale/accounts/bigco/usage", nil, http.StatusOK, &u)
+	if u.Quota == nil || u.Quota.Count != 2 || u.Remaining == nil || *u.Remaining != 0 {
+		t.Errorf("usage of the custom-rate account: %+v; want its plan's quota of 2, none left", u)
+	}
+}
