@@ -370,3 +370,76 @@ func BenchmarkCachedKeyQuota(b *testing.B) {
 		b.Fatalf("RateLimit-Policy %q names no quota", got)
 	}
 }
+
+// BenchmarkCachedKeyRateLimited measures a cached key whose bucket is
+// empty: answered 429 with its RateLimit fields, without the backend.
+func BenchmarkCachedKeyRateLimited(b *testing.B) {
+	s := newFakeStore()
+	h := newTestHandler(b, s, map[string]Plan{"growth": {Rate: minRate, Burst: 1}})
+	key, _ := s.add(b)
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	r, _ := newRequest(key)
+	auth := []string{"Bearer " + key}
+	if err := h.ServeHTTP(httptest.NewRecorder(), r, next); err != nil { // takes the one token
+		b.Fatal(err)
+	}
+	h.keys.cache.Wait()
+	w := httptest.NewRecorder()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		r.Header["Authorization"] = auth
+		w.Body.Reset()
+		_ = h.ServeHTTP(w, r, next)
+	}
+	if w.Code != http.StatusTooManyRequests {
+		b.Fatalf("status %d, want 429", w.Code)
+	}
+}
+
+// BenchmarkKeyringCached measures the cache alone: a cached key's entry
+// found by its hash.
+func BenchmarkKeyringCached(b *testing.B) {
+	s := newFakeStore()
+	k := newTestKeyring(b, s)
+	key, _ := s.add(b)
+	h := HashKey(key)
+	if _, _, err := testGet(k, &h, testPolicy); err != nil {
+		b.Fatal(err)
+	}
+	settle(k)
+	now := time.Now()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if e := k.cached(&h, now, testPolicy); e == nil || !e.found {
+			b.Fatal("a cached key missed")
+		}
+	}
+}
+
+// BenchmarkKeyringCachedParallel is BenchmarkKeyringCached from every
+// core over 1000 keys.
+func BenchmarkKeyringCachedParallel(b *testing.B) {
+	s := newFakeStore()
+	k := newTestKeyring(b, s)
+	hashes := make([][32]byte, 1000)
+	for i := range hashes {
+		key, _ := s.add(b)
+		hashes[i] = HashKey(key)
+		if _, _, err := testGet(k, &hashes[i], testPolicy); err != nil {
+			b.Fatal(err)
+		}
+	}
+	settle(k)
+	now := time.Now()
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			k.cached(&hashes[i%len(hashes)], now, testPolicy)
+			i++
+		}
+	})
+}
