@@ -297,7 +297,8 @@ func (k *keyring) hourCounterOf(e *entry, now int64) *hourCounter {
 const usageHours = 48
 
 // takeHours returns the per-hour counts gathered since the last flush, and
-// drops the counters of hours that have ended with nothing to write.
+// drops the counters of hours that ended more than an hour ago with
+// nothing to write.
 func (k *keyring) takeHours(now time.Time) []HourUsage {
 	var hours []HourUsage
 	current := now.Unix() / 3600 * 3600
@@ -305,7 +306,10 @@ func (k *keyring) takeHours(now time.Time) []HourUsage {
 		c := v.(*hourCounter)
 		a, r := c.admitted.Swap(0), c.refused.Swap(0)
 		if a == 0 && r == 0 {
-			if c.hour < current {
+			// The last hour's counter stays an hour longer: a request
+			// that found it just before the hour turned may still add
+			// to it, and is flushed then.
+			if c.hour < current-3600 {
 				k.hours.Delete(key)
 			}
 			return true
