@@ -111,12 +111,10 @@ func (a *adminAPI) handle(w http.ResponseWriter, r *http.Request) error {
 	if err := keyInURL(r); err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
 	}
-	k, plans, err := a.keyring(r)
+	k, m, err := a.keyring(r)
 	if err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: err}
 	}
-	app, _ := a.ctx.AppIfConfigured("postscale")
-	m := storeManager{store: k.store, now: time.Now, changed: k.apply, plans: plans, planQuotas: app.(*App).quotas(k.store.Identity())}
 	ctx := r.Context()
 	if strings.HasPrefix(r.URL.Path, adminPrefix+"keys") {
 		// Key records show usage up to this request, not up to the last
@@ -233,16 +231,16 @@ func (a *adminAPI) handle(w http.ResponseWriter, r *http.Request) error {
 
 // keyring returns the keyring of the running config's store, and the
 // plans its handlers define.
-func (a *adminAPI) keyring(r *http.Request) (*keyring, []string, error) {
+func (a *adminAPI) keyring(r *http.Request) (*keyring, storeManager, error) {
 	app, err := a.ctx.AppIfConfigured("postscale")
 	if err != nil {
-		return nil, nil, errNoStore
+		return nil, storeManager{}, errNoStore
 	}
 	k, err := app.(*App).keyring(r.URL.Query().Get("store"))
 	if err != nil {
-		return nil, nil, err
+		return nil, storeManager{}, err
 	}
-	return k, app.(*App).plans(k.store.Identity()), nil
+	return k, app.(*App).manager(k), nil
 }
 
 // keyInURL refuses a request whose path or query holds an API key (see

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -98,6 +99,14 @@ func (a *App) register(k *keyring, plans map[string]Plan) {
 			a.planQuotas[id][name] = *p.Quota
 		}
 	}
+}
+
+// manager returns the management operations on k's store, knowing the
+// plans (and their quotas) that the store's handlers define, and dropping
+// what they change from k's cache.
+func (a *App) manager(k *keyring) storeManager {
+	id := k.store.Identity()
+	return storeManager{store: k.store, now: time.Now, changed: k.apply, plans: a.plans(id), planQuotas: a.quotas(id)}
 }
 
 // quotas returns the quotas of the plans that the handlers of the store

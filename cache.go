@@ -157,13 +157,12 @@ type keyring struct {
 	waiting    atomic.Int64
 	maxWaiting int64
 	// shed counts misses turned away since the last warning about it, and
-	// shedLogged is when that was (unix nanoseconds): at most one a minute.
+	// shedLogged paces that warning: at most one a minute.
 	shed       atomic.Int64
-	shedLogged atomic.Int64
+	shedLogged sometimes
 
 	// quotas holds a *quotaCounter per quotaKey, for the quota periods in
-	// use; hours a *hourCounter per account and hour (quotaKey with the
-	// hour's unix seconds). See quota.go.
+	// use; hours a *hourCounter per hourKey. See quota.go.
 	quotas, hours sync.Map
 	quotaFlushMu  sync.Mutex
 
@@ -613,14 +612,24 @@ const shedLogEvery = time.Minute
 // about them at most once every shedLogEvery.
 func (k *keyring) noteShed() {
 	n := k.shed.Add(1)
-	now := time.Now().UnixNano()
-	last := k.shedLogged.Load()
-	if now-last < int64(shedLogEvery) || !k.shedLogged.CompareAndSwap(last, now) {
+	if !k.shedLogged.due(shedLogEvery) {
 		return
 	}
 	k.shed.Add(-n)
 	k.logger.Warn("every key lookup slot is taken: uncached keys get 503 until the store answers faster (logged at most once a minute)",
 		zap.Int("lookup_slots", cap(k.slots)), zap.Int64("turned_away", n))
+}
+
+// sometimes paces something done at most once per interval, across
+// goroutines (a warning that would otherwise be logged per request).
+type sometimes struct{ last atomic.Int64 } // unix ns of the last time
+
+// due reports whether every has passed since the last time it said so,
+// and if it has, counts now as the last time.
+func (s *sometimes) due(every time.Duration) bool {
+	now := time.Now().UnixNano()
+	last := s.last.Load()
+	return now-last >= int64(every) && s.last.CompareAndSwap(last, now)
 }
 
 // putUnknown remembers h as unknown from now for ttl, and drops any found

@@ -492,8 +492,8 @@ func TestKeyringUnknownKeyAmidFlood(t *testing.T) {
 	if got, want := s.lookups.Load(), int64(20000+1); got != want {
 		t.Errorf("store lookups: got %d, want %d (one per distinct key)", got, want)
 	}
-	if n := k.unknown.len(); n > unknownKeysCapacity {
-		t.Errorf("unknown keys held: %d, want at most %d", n, unknownKeysCapacity)
+	if n := k.unknown.len(); n > hashTableCapacity {
+		t.Errorf("unknown keys held: %d, want at most %d", n, hashTableCapacity)
 	}
 
 	// Concurrent misses of one new unknown key make one lookup.
@@ -529,15 +529,15 @@ func TestUnknownKeysBounded(t *testing.T) {
 	u := newHashTable()
 	now := time.Unix(1_800_000_000, 0)
 	var hashes [][sha256.Size]byte
-	for i := range 3 * unknownKeysCapacity {
+	for i := range 3 * hashTableCapacity {
 		var h [sha256.Size]byte
 		binary.LittleEndian.PutUint64(h[:], uint64(i)*0x9E3779B97F4A7C15)
 		h[8] = byte(i)
 		hashes = append(hashes, h)
 		u.put(&h, now.Add(time.Duration(i)*time.Microsecond), time.Minute)
 	}
-	if n := u.len(); n > unknownKeysCapacity {
-		t.Fatalf("held %d hashes, want at most %d", n, unknownKeysCapacity)
+	if n := u.len(); n > hashTableCapacity {
+		t.Fatalf("held %d hashes, want at most %d", n, hashTableCapacity)
 	}
 	last := hashes[len(hashes)-1]
 	if _, ok := u.get(&last, now); !ok {

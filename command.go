@@ -549,6 +549,35 @@ func withAccess(acc access, run func(context.Context, *cobra.Command, Manager, [
 	}
 }
 
+// readConfigFlag reads the config that --config names (nil without one),
+// as caddy run reads it: the file, adapted by --adapter (or the Caddyfile
+// adapter for a file named Caddyfile).
+func readConfigFlag(cmd *cobra.Command) ([]byte, error) {
+	config, _ := cmd.Flags().GetString("config")
+	adapter, _ := cmd.Flags().GetString("adapter")
+	if config == "" {
+		return nil, nil
+	}
+	cfg, _, _, err := caddycmd.LoadConfig(config, adapter)
+	if err != nil {
+		return nil, fmt.Errorf("reading --config %s: %v", config, err)
+	}
+	return cfg, nil
+}
+
+// adminAddress is the admin endpoint a command talks to: --address, or the
+// admin address of the config cfg that --config names, or the default.
+func adminAddress(cmd *cobra.Command, cfg []byte) (string, error) {
+	address, _ := cmd.Flags().GetString("address")
+	config, _ := cmd.Flags().GetString("config")
+	adapter, _ := cmd.Flags().GetString("adapter")
+	addr, err := caddycmd.DetermineAdminAPIAddress(address, cfg, config, adapter)
+	if err != nil {
+		return "", fmt.Errorf("finding the admin endpoint: %v", err)
+	}
+	return addr, nil
+}
+
 // runManager finds what the command works on and runs it there:
 //
 //   - with --store, that store, directly;
@@ -565,28 +594,20 @@ func withAccess(acc access, run func(context.Context, *cobra.Command, Manager, [
 // while a revocation made on the one it uses would not yet be in force
 // there when the command returns.
 func runManager(cmd *cobra.Command, args []string, acc access, run func(context.Context, *cobra.Command, Manager, []string) error) error {
-	fl := cmd.Flags()
-	storeName, _ := fl.GetString("store")
-	address, _ := fl.GetString("address")
-	config, _ := fl.GetString("config")
-	adapter, _ := fl.GetString("adapter")
+	storeName, _ := cmd.Flags().GetString("store")
+	config, _ := cmd.Flags().GetString("config")
 	ctx := cmd.Context()
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	var cfg []byte
-	if config != "" {
-		var err error
-		// As caddy run reads it: the file, adapted by --adapter (or the
-		// Caddyfile adapter for a file named Caddyfile).
-		if cfg, _, _, err = caddycmd.LoadConfig(config, adapter); err != nil {
-			return fmt.Errorf("reading --config %s: %v", config, err)
-		}
+	cfg, err := readConfigFlag(cmd)
+	if err != nil {
+		return err
 	}
 	if storeName == "" {
-		addr, err := caddycmd.DetermineAdminAPIAddress(address, cfg, config, adapter)
+		addr, err := adminAddress(cmd, cfg)
 		if err != nil {
-			return fmt.Errorf("finding the admin endpoint: %v", err)
+			return err
 		}
 		notRunning, err := probeAdmin(addr)
 		if err != nil {
@@ -736,34 +757,39 @@ func configStore(cfg []byte, configFile string) (storeSource, error) {
 // them: a SQLite path made absolute (the default one when a handler names
 // none), a PostgreSQL DSN with its placeholders ({env.…}) replaced.
 func configStores(cfg []byte) ([]storeSource, error) {
-	var doc any
-	if err := json.Unmarshal(cfg, &doc); err != nil {
+	handlers, err := postscaleHandlers(cfg)
+	if err != nil {
 		return nil, err
 	}
-	var (
-		stores  []storeSource
-		seen    = map[string]bool{}
-		walkErr error
-	)
-	add := func(raw any) {
-		st, err := handlerStore(raw)
+	var stores []storeSource
+	seen := map[string]bool{}
+	for _, h := range handlers {
+		st, err := handlerStore(h["store"])
 		if err != nil {
-			if walkErr == nil {
-				walkErr = err
-			}
-			return
+			return nil, err
 		}
 		if !seen[st.name] {
 			seen[st.name] = true
 			stores = append(stores, st)
 		}
 	}
+	return stores, nil
+}
+
+// postscaleHandlers returns the postscale handlers of a config in Caddy's
+// JSON, wherever they are (in routes, subroutes, error routes).
+func postscaleHandlers(cfg []byte) ([]map[string]any, error) {
+	var doc any
+	if err := json.Unmarshal(cfg, &doc); err != nil {
+		return nil, err
+	}
+	var handlers []map[string]any
 	var walk func(v any)
 	walk = func(v any) {
 		switch v := v.(type) {
 		case map[string]any:
 			if v["handler"] == "postscale" {
-				add(v["store"])
+				handlers = append(handlers, v)
 			}
 			for _, e := range v {
 				walk(e)
@@ -775,7 +801,7 @@ func configStores(cfg []byte) ([]storeSource, error) {
 		}
 	}
 	walk(doc)
-	return stores, walkErr
+	return handlers, nil
 }
 
 // handlerStore reads the "store" of one postscale handler (nil: none).
@@ -816,45 +842,26 @@ type directManager struct {
 }
 
 // configPlanQuotas returns the quotas of the plans of the postscale
-// handlers in a config in Caddy's JSON (the first handler's, if two
-// differ).
+// handlers in a config in Caddy's JSON (one handler's, if two differ).
 func configPlanQuotas(cfg []byte) (map[string]Quota, error) {
-	var doc any
-	if err := json.Unmarshal(cfg, &doc); err != nil {
+	handlers, err := postscaleHandlers(cfg)
+	if err != nil {
 		return nil, err
 	}
 	quotas := map[string]Quota{}
-	var walk func(v any) error
-	walk = func(v any) error {
-		switch v := v.(type) {
-		case map[string]any:
-			if v["handler"] == "postscale" {
-				b, _ := json.Marshal(v["plans"])
-				var plans map[string]Plan
-				if err := json.Unmarshal(b, &plans); err != nil {
-					return err
-				}
-				for name, p := range plans {
-					if _, seen := quotas[name]; !seen && p.Quota != nil {
-						quotas[name] = *p.Quota
-					}
-				}
-			}
-			for _, e := range v {
-				if err := walk(e); err != nil {
-					return err
-				}
-			}
-		case []any:
-			for _, e := range v {
-				if err := walk(e); err != nil {
-					return err
-				}
+	for _, h := range handlers {
+		b, _ := json.Marshal(h["plans"])
+		var plans map[string]Plan
+		if err := json.Unmarshal(b, &plans); err != nil {
+			return nil, err
+		}
+		for name, p := range plans {
+			if _, seen := quotas[name]; !seen && p.Quota != nil {
+				quotas[name] = *p.Quota
 			}
 		}
-		return nil
 	}
-	return quotas, walk(doc)
+	return quotas, nil
 }
 
 // configPlans returns the plans an account may be on under a config in
@@ -862,36 +869,17 @@ func configPlanQuotas(cfg []byte) (map[string]Quota, error) {
 // handler in it, wherever it is (in routes, subroutes, error routes). It
 // returns nil for a config without a postscale handler.
 func configPlans(cfg []byte) ([]string, error) {
-	var doc any
-	if err := json.Unmarshal(cfg, &doc); err != nil {
+	handlers, err := postscaleHandlers(cfg)
+	if err != nil || len(handlers) == 0 {
 		return nil, err
 	}
 	defined := map[string]bool{}
-	found := false
-	var walk func(v any)
-	walk = func(v any) {
-		switch v := v.(type) {
-		case map[string]any:
-			if v["handler"] == "postscale" {
-				found = true
-				if plans, ok := v["plans"].(map[string]any); ok {
-					for name := range plans {
-						defined[name] = true
-					}
-				}
-			}
-			for _, e := range v {
-				walk(e)
-			}
-		case []any:
-			for _, e := range v {
-				walk(e)
+	for _, h := range handlers {
+		if plans, ok := h["plans"].(map[string]any); ok {
+			for name := range plans {
+				defined[name] = true
 			}
 		}
-	}
-	walk(doc)
-	if !found {
-		return nil, nil
 	}
 	return planNames(defined), nil
 }

@@ -301,9 +301,7 @@ const replyWarnEvery = time.Minute
 // replyFailed logs an error answer of Redis, at most once per
 // replyWarnEvery.
 func (s *redisShared) replyFailed(err error) {
-	now := time.Now().UnixNano()
-	last := s.replyWarned.Load()
-	if now-last < int64(replyWarnEvery) || !s.replyWarned.CompareAndSwap(last, now) {
+	if !s.replyWarned.due(replyWarnEvery) {
 		return
 	}
 	s.logger.Load().Warn("redis limiter: Redis answers the limiter script with an error; those requests are decided locally on this replica's share",
@@ -470,8 +468,8 @@ type redisShared struct {
 	closed   bool
 	// fell wakes the pinger when fallback is set.
 	fell chan struct{}
-	// replyWarned is when Redis's last error answer was logged (unix ns).
-	replyWarned atomic.Int64
+	// replyWarned paces the warnings about Redis's error answers.
+	replyWarned sometimes
 
 	logger atomic.Pointer[zap.Logger]
 

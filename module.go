@@ -140,29 +140,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.LookupTimeout = caddy.Duration(DefaultLookupTimeout)
 	}
 	h.lookup = lookupPolicy{ttl: time.Duration(h.CacheTTL), negTTL: time.Duration(h.NegativeTTL), timeout: time.Duration(h.LookupTimeout)}
-	if h.ProtectRaw != nil {
-		mods, err := ctx.LoadModule(h, "ProtectRaw")
-		if err != nil {
-			return fmt.Errorf("loading protect matchers: %w", err)
-		}
-		if err := h.protect.FromInterface(mods); err != nil {
-			return fmt.Errorf("protect: %w", err)
-		}
+	var err error
+	if h.protect, err = loadMatchers(ctx, h, "ProtectRaw", h.ProtectRaw); err != nil {
+		return fmt.Errorf("protect: %w", err)
 	}
-	if h.QuotaCountsRaw != nil {
-		mods, err := ctx.LoadModule(h, "QuotaCountsRaw")
-		if err != nil {
-			return fmt.Errorf("loading quota_counts matchers: %w", err)
-		}
-		if err := h.quotaCounts.FromInterface(mods); err != nil {
-			return fmt.Errorf("quota_counts: %w", err)
-		}
+	if h.quotaCounts, err = loadMatchers(ctx, h, "QuotaCountsRaw", h.QuotaCountsRaw); err != nil {
+		return fmt.Errorf("quota_counts: %w", err)
 	}
 	var fa FailedAuth
 	if h.FailedAuth != nil {
 		fa = *h.FailedAuth
 	}
-	fa, err := fa.withDefaults()
+	fa, err = fa.withDefaults()
 	if err != nil {
 		return err
 	}
@@ -180,8 +169,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.StoreRaw == nil {
 		h.StoreRaw = json.RawMessage(`{"backend":"sqlite"}`)
 	}
-	var mod any
-	mod, err = ctx.LoadModule(h, "StoreRaw")
+	mod, err := ctx.LoadModule(h, "StoreRaw")
 	if err != nil {
 		return fmt.Errorf("loading store: %w", err)
 	}
@@ -342,16 +330,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// The quota first, so that a request it refuses takes no token; a
 	// live request it admits is counted at once and taken back if the
 	// bucket refuses it. Test requests are counted apart, never refused.
-	q := e.quota
-	if q == nil {
-		q = l.quota
-		if q == nil && l == e.custom {
-			// An account with its own rate keeps its plan's quota.
-			if pl := h.limits[e.plan]; pl != nil {
-				q = pl.quota
-			}
-		}
-	}
+	q := h.quotaOf(e, l)
 	var qc *quotaCounter
 	var qs quotaState
 	counts := false
@@ -453,6 +432,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl.Set("http.auth.user.id", e.keyVal)
 
 	return next.ServeHTTP(w, r)
+}
+
+// quotaOf returns the quota of e's account under limit l, or nil: its own,
+// else its plan's. An account with its own rate (l is e.custom) keeps its
+// plan's quota.
+func (h *Handler) quotaOf(e *entry, l *limit) *quotaPolicy {
+	switch {
+	case e.quota != nil:
+		return e.quota
+	case l != e.custom:
+		return l.quota
+	}
+	if pl := h.limits[e.plan]; pl != nil {
+		return pl.quota
+	}
+	return nil
 }
 
 // closeUnreadBody makes the rejection of an HTTP/1 request with a body end
@@ -562,6 +557,23 @@ func (h *Handler) check(r *http.Request, now time.Time) (*entry, outcome, int64)
 		return e, outcomeExpired, 0
 	}
 	return e, outcomeAdmitted, 0
+}
+
+// loadMatchers loads the request matcher sets raw of owner's field (nil
+// when raw is nil).
+func loadMatchers(ctx caddy.Context, owner any, field string, raw caddyhttp.RawMatcherSets) (caddyhttp.MatcherSets, error) {
+	if raw == nil {
+		return nil, nil
+	}
+	mods, err := ctx.LoadModule(owner, field)
+	if err != nil {
+		return nil, fmt.Errorf("loading matchers: %w", err)
+	}
+	var sets caddyhttp.MatcherSets
+	if err := sets.FromInterface(mods); err != nil {
+		return nil, err
+	}
+	return sets, nil
 }
 
 // Interface guards.

@@ -167,9 +167,7 @@ func crossSite(r *http.Request) string {
 
 // portalError writes a JSON error {"error": msg}.
 func portalError(w http.ResponseWriter, status int, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
+	_ = writeJSON(w, status, map[string]string{"error": msg})
 }
 
 // portalKeys is the answer of GET api/keys.
@@ -189,7 +187,7 @@ func (p *Portal) serveAPI(w http.ResponseWriter, r *http.Request, account, route
 	ctx := r.Context()
 	m := storeManager{store: p.store, now: time.Now, changed: p.keys.apply}
 	if app, err := p.ctx.AppIfConfigured("postscale"); err == nil {
-		m.planQuotas = app.(*App).quotas(p.store.Identity())
+		m = app.(*App).manager(p.keys)
 	}
 	// keys[/<id>[/<action>]], usage
 	collection, id, _ := strings.Cut(route, "/")
@@ -282,9 +280,7 @@ func (p *Portal) serveAPI(w http.ResponseWriter, r *http.Request, account, route
 		portalError(w, status, msg)
 		return
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(out)
+	_ = writeJSON(w, status, out)
 }
 
 // ownKey returns the key with that id if it belongs to account. Another

@@ -271,9 +271,23 @@ func (k *keyring) flushQuotas(ctx context.Context, now time.Time) {
 // hourCounter counts one account's admitted and refused requests in one
 // hour, for the usage API's last 48 hours.
 type hourCounter struct {
-	account           string
-	hour              int64 // unix seconds of the hour's start
+	hourKey
 	admitted, refused atomic.Int64
+}
+
+// hourKey names one account's hour.
+type hourKey struct {
+	account string
+	hour    int64 // unix seconds of the hour's start
+}
+
+// hourCounter returns the counter of key, creating it on first use.
+func (k *keyring) hourCounter(key hourKey) *hourCounter {
+	v, ok := k.hours.Load(key)
+	if !ok {
+		v, _ = k.hours.LoadOrStore(key, &hourCounter{hourKey: key})
+	}
+	return v.(*hourCounter)
 }
 
 // hourCounterOf returns the counter of e's account for the hour of now
@@ -283,12 +297,7 @@ func (k *keyring) hourCounterOf(e *entry, now int64) *hourCounter {
 	if c := e.counters.hour.Load(); c != nil && c.hour == hour {
 		return c
 	}
-	key := quotaKey{account: e.accountID, start: hour}
-	v, ok := k.hours.Load(key)
-	if !ok {
-		v, _ = k.hours.LoadOrStore(key, &hourCounter{account: e.accountID, hour: hour})
-	}
-	c := v.(*hourCounter)
+	c := k.hourCounter(hourKey{account: e.accountID, hour: hour})
 	e.counters.hour.Store(c)
 	return c
 }
@@ -330,9 +339,7 @@ func (k *keyring) flushHours(ctx context.Context, now time.Time) {
 	if _, err := k.store.RecordAccountUsage(ctx, nil, hours, now.Add(-usageHours*time.Hour)); err != nil {
 		k.logger.Warn("writing hourly request counts to the store failed; will retry", zap.Int("hours", len(hours)), zap.Error(err))
 		for _, h := range hours {
-			key := quotaKey{account: h.Account, start: h.Hour.Unix()}
-			v, _ := k.hours.LoadOrStore(key, &hourCounter{account: h.Account, hour: h.Hour.Unix()})
-			c := v.(*hourCounter)
+			c := k.hourCounter(hourKey{account: h.Account, hour: h.Hour.Unix()})
 			c.admitted.Add(h.Admitted)
 			c.refused.Add(h.Refused)
 		}

@@ -28,14 +28,9 @@ func (sr *ScopeRule) provision(ctx caddy.Context) error {
 	if !validScope(sr.Scope) {
 		return fmt.Errorf("require_scopes: scope %q: a scope is printable ASCII without spaces, quotes or backslashes, e.g. emails:send", sr.Scope)
 	}
-	if sr.MatchRaw != nil {
-		mods, err := ctx.LoadModule(sr, "MatchRaw")
-		if err != nil {
-			return fmt.Errorf("require_scopes: scope %s: loading matchers: %w", sr.Scope, err)
-		}
-		if err := sr.match.FromInterface(mods); err != nil {
-			return fmt.Errorf("require_scopes: scope %s: %w", sr.Scope, err)
-		}
+	var err error
+	if sr.match, err = loadMatchers(ctx, sr, "MatchRaw", sr.MatchRaw); err != nil {
+		return fmt.Errorf("require_scopes: scope %s: %w", sr.Scope, err)
 	}
 	sr.rejection = newRejection(http.StatusForbidden,
 		fmt.Sprintf(`Bearer realm="postscale", error="insufficient_scope", scope=%q`, sr.Scope), "",

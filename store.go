@@ -219,3 +219,25 @@ func (m *Mode) UnmarshalText(b []byte) error {
 	*m = v
 	return err
 }
+
+// queryRows is a query's answer, read a row at a time: what database/sql's
+// and pgx's rows have in common.
+type queryRows interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+}
+
+// scanAll reads every row of rows with scan, into a list that is empty
+// rather than nil when there are none. The caller closes rows.
+func scanAll[T any](rows queryRows, scan func(rowScanner) (T, error)) ([]T, error) {
+	out := []T{}
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}

@@ -524,15 +524,7 @@ func (s *PostgresStore) ListAccounts(ctx context.Context, after string, limit in
 		return nil, err
 	}
 	defer rows.Close()
-	accounts := []Account{}
-	for rows.Next() {
-		a, err := pgScanAccount(rows)
-		if err != nil {
-			return nil, err
-		}
-		accounts = append(accounts, a)
-	}
-	return accounts, rows.Err()
+	return scanAll(rows, pgScanAccount)
 }
 
 // UpdateAccount implements Store. The read locks the account row (FOR
@@ -705,16 +697,13 @@ func (s *PostgresStore) AccountUsage(ctx context.Context, account string, period
 		return p, nil, err
 	}
 	defer rows.Close()
-	hours := []HourUsage{}
-	for rows.Next() {
+	hours, err := scanAll(rows, func(row rowScanner) (HourUsage, error) {
 		h := HourUsage{Account: account}
-		if err := rows.Scan(&h.Hour, &h.Admitted, &h.Refused); err != nil {
-			return p, nil, err
-		}
+		err := row.Scan(&h.Hour, &h.Admitted, &h.Refused)
 		h.Hour = h.Hour.UTC()
-		hours = append(hours, h)
-	}
-	return p, hours, rows.Err()
+		return h, err
+	})
+	return p, hours, err
 }
 
 // RecordUsage implements Store, in one round trip: the batch runs as one
@@ -767,15 +756,7 @@ func (s *PostgresStore) ListKeys(ctx context.Context, account string) ([]KeyReco
 		return nil, err
 	}
 	defer rows.Close()
-	keys := []KeyRecord{}
-	for rows.Next() {
-		k, err := pgScanKey(rows)
-		if err != nil {
-			return nil, err
-		}
-		keys = append(keys, k)
-	}
-	return keys, rows.Err()
+	return scanAll(rows, func(row rowScanner) (KeyRecord, error) { return pgScanKey(row) })
 }
 
 // RevokeKey implements Store.

@@ -518,15 +518,7 @@ func (s *SQLiteStore) ListAccounts(ctx context.Context, after string, limit int)
 		return nil, err
 	}
 	defer rows.Close()
-	accounts := []Account{}
-	for rows.Next() {
-		a, err := scanAccount(rows)
-		if err != nil {
-			return nil, err
-		}
-		accounts = append(accounts, a)
-	}
-	return accounts, rows.Err()
+	return scanAll(rows, scanAccount)
 }
 
 // accountColumnsOf lists an account's columns, of table alias t.
@@ -698,17 +690,14 @@ func (s *SQLiteStore) AccountUsage(ctx context.Context, account string, period P
 		return p, nil, err
 	}
 	defer rows.Close()
-	hours := []HourUsage{}
-	for rows.Next() {
+	hours, err := scanAll(rows, func(row rowScanner) (HourUsage, error) {
 		h := HourUsage{Account: account}
 		var at int64
-		if err := rows.Scan(&at, &h.Admitted, &h.Refused); err != nil {
-			return p, nil, err
-		}
+		err := row.Scan(&at, &h.Admitted, &h.Refused)
 		h.Hour = time.Unix(0, at).UTC()
-		hours = append(hours, h)
-	}
-	return p, hours, rows.Err()
+		return h, err
+	})
+	return p, hours, err
 }
 
 // GetKey implements Store.
@@ -726,15 +715,7 @@ func (s *SQLiteStore) ListKeys(ctx context.Context, account string) ([]KeyRecord
 		return nil, err
 	}
 	defer rows.Close()
-	keys := []KeyRecord{}
-	for rows.Next() {
-		k, err := scanKey(rows)
-		if err != nil {
-			return nil, err
-		}
-		keys = append(keys, k)
-	}
-	return keys, rows.Err()
+	return scanAll(rows, func(row rowScanner) (KeyRecord, error) { return scanKey(row) })
 }
 
 // RevokeKey implements Store.

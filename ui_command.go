@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 )
 
@@ -42,21 +41,14 @@ with Ctrl-C.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cmd.SilenceUsage = true
-			fl := cmd.Flags()
-			address, _ := fl.GetString("address")
-			config, _ := fl.GetString("config")
-			adapter, _ := fl.GetString("adapter")
-			listen, _ := fl.GetString("listen")
-			var cfg []byte
-			if config != "" {
-				var err error
-				if cfg, _, _, err = caddycmd.LoadConfig(config, adapter); err != nil {
-					return fmt.Errorf("reading --config %s: %v", config, err)
-				}
-			}
-			admin, err := caddycmd.DetermineAdminAPIAddress(address, cfg, config, adapter)
+			listen, _ := cmd.Flags().GetString("listen")
+			cfg, err := readConfigFlag(cmd)
 			if err != nil {
-				return fmt.Errorf("finding the admin endpoint: %v", err)
+				return err
+			}
+			admin, err := adminAddress(cmd, cfg)
+			if err != nil {
+				return err
 			}
 			notRunning, err := probeAdmin(admin)
 			if err != nil {

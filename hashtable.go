@@ -14,7 +14,7 @@ import (
 // negative_ttl, however ristretto judges it and however soon the next
 // request comes.
 //
-// It holds at most unknownKeysCapacity hashes. Past that, a new hash
+// It holds at most hashTableCapacity hashes. Past that, a new hash
 // pushes out expired ones, or else the one of a sample that expires first
 // (see makeRoom): a flood of distinct made-up keys only ever costs fixed
 // memory and fixed work per key.
@@ -23,37 +23,37 @@ import (
 // concurrent use; a shard's lock is held for a map operation, never across
 // I/O.
 type hashTable struct {
-	shards [unknownKeysShards]unknownShard
+	shards [hashTableShards]hashShard
 }
 
-type unknownShard struct {
+type hashShard struct {
 	mu sync.Mutex
-	m  map[[sha256.Size]byte]unknownKey
+	m  map[[sha256.Size]byte]hashTimes
 }
 
-// unknownKey is when the store said "not found" and when that answer
-// expires, in unix nanoseconds.
-type unknownKey struct{ loaded, expires int64 }
+// hashTimes is when a hash was remembered and when that ends, in unix
+// nanoseconds.
+type hashTimes struct{ loaded, expires int64 }
 
 const (
-	unknownKeysShards   = 64
-	unknownKeysCapacity = 1 << 16 // about 7 MB at most
-	unknownShardCap     = unknownKeysCapacity / unknownKeysShards
+	hashTableShards   = 64
+	hashTableCapacity = 1 << 16 // about 7 MB at most
+	hashShardCap      = hashTableCapacity / hashTableShards
 )
 
 func newHashTable() *hashTable {
 	u := new(hashTable)
 	for i := range u.shards {
-		u.shards[i].m = make(map[[sha256.Size]byte]unknownKey)
+		u.shards[i].m = make(map[[sha256.Size]byte]hashTimes)
 	}
 	return u
 }
 
-func (u *hashTable) shard(h *[sha256.Size]byte) *unknownShard {
-	return &u.shards[h[8]%unknownKeysShards]
+func (u *hashTable) shard(h *[sha256.Size]byte) *hashShard {
+	return &u.shards[h[8]%hashTableShards]
 }
 
-// get reports whether h is known to be unknown at now, and since when.
+// get reports whether h is remembered at now, and since when.
 func (u *hashTable) get(h *[sha256.Size]byte, now time.Time) (loaded time.Time, ok bool) {
 	s := u.shard(h)
 	s.mu.Lock()
@@ -71,13 +71,13 @@ func (u *hashTable) has(h *[sha256.Size]byte, now time.Time) bool {
 	return ok
 }
 
-// put remembers h as unknown from loaded for ttl.
+// put remembers h from loaded for ttl.
 func (u *hashTable) put(h *[sha256.Size]byte, loaded time.Time, ttl time.Duration) {
-	v := unknownKey{loaded: loaded.UnixNano(), expires: loaded.Add(ttl).UnixNano()}
+	v := hashTimes{loaded: loaded.UnixNano(), expires: loaded.Add(ttl).UnixNano()}
 	s := u.shard(h)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.m[*h]; !ok && len(s.m) >= unknownShardCap {
+	if _, ok := s.m[*h]; !ok && len(s.m) >= hashShardCap {
 		s.makeRoom(loaded.UnixNano())
 	}
 	s.m[*h] = v
@@ -86,7 +86,7 @@ func (u *hashTable) put(h *[sha256.Size]byte, loaded time.Time, ttl time.Duratio
 // makeRoom drops, from a sample of a full shard (map order is random), the
 // expired hashes, or else the one that expires first: a new hash costs a
 // bounded amount of work however full the table is. Called with s.mu held.
-func (s *unknownShard) makeRoom(now int64) {
+func (s *hashShard) makeRoom(now int64) {
 	var first [sha256.Size]byte
 	firstExpires := int64(1<<63 - 1)
 	seen := 0
@@ -100,12 +100,13 @@ func (s *unknownShard) makeRoom(now int64) {
 			break
 		}
 	}
-	if len(s.m) >= unknownShardCap {
+	if len(s.m) >= hashShardCap {
 		delete(s.m, first)
 	}
 }
 
-// forget drops h, when a key with that hash may have been created.
+// forget drops h (for the unknown keys: a key with that hash may have
+// been created).
 func (u *hashTable) forget(h *[sha256.Size]byte) {
 	s := u.shard(h)
 	s.mu.Lock()
