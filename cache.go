@@ -59,8 +59,33 @@ type entry struct {
 	// store is down) shares them.
 	counters *entryCounters
 
-	// Placeholder values, boxed once.
-	modeVal, accountVal, keyVal, planVal, nameVal any
+	// placeholders answers the postscale.* placeholders and
+	// http.auth.user.id of a request this entry admits. It is made once per
+	// entry, so that a request maps it into its replacer without
+	// allocating (six Replacer.Set calls would take a lock each and grow
+	// the replacer's map).
+	placeholders caddy.ReplacerFunc
+}
+
+// entryPlaceholders returns the placeholder function of an admitted key,
+// with each value boxed once.
+func entryPlaceholders(mode Mode, accountID, keyID, plan, keyName string) caddy.ReplacerFunc {
+	var modeVal, accountVal, keyVal, planVal, nameVal any = mode.String(), accountID, keyID, plan, keyName
+	return func(name string) (any, bool) {
+		switch name {
+		case "postscale.mode":
+			return modeVal, true
+		case "postscale.account_id":
+			return accountVal, true
+		case "postscale.key_id", "http.auth.user.id":
+			return keyVal, true
+		case "postscale.plan":
+			return planVal, true
+		case "postscale.key_name":
+			return nameVal, true
+		}
+		return nil, false
+	}
 }
 
 // entryCounters point an entry at its account's current counters.
@@ -101,7 +126,7 @@ func newEntry(h [sha256.Size]byte, k KeyRecord, a Account, now time.Time) *entry
 			e.custom = newLimit(a.Plan, p, now)
 		}
 	}
-	e.modeVal, e.accountVal, e.keyVal, e.planVal, e.nameVal = k.Mode.String(), a.ID, k.ID, a.Plan, k.Name
+	e.placeholders = entryPlaceholders(k.Mode, a.ID, k.ID, a.Plan, k.Name)
 	return e
 }
 
@@ -419,7 +444,10 @@ var notFound = &entry{}
 // the background (see refresh) and served meanwhile, so a slow or hung store
 // never delays a cached key; an unknown key that old is not trusted.
 func (k *keyring) cached(h *[sha256.Size]byte, now time.Time, p lookupPolicy) *entry {
-	if e, ok := k.cache.Get(cacheIndex(h)); ok && hashEqual(&e.hash, h) {
+	// The entry's own expiry, not ristretto's TTL: ristretto would read
+	// the clock on every Get, which costs more than the rest of the probe
+	// on some virtual machines, and the request has the time already.
+	if e, ok := k.cache.Get(cacheIndex(h)); ok && hashEqual(&e.hash, h) && now.Before(e.expires) {
 		metrics.cacheHits.Inc()
 		if k.feedLost.Load() && now.Sub(e.loaded) >= staleAfter {
 			k.refresh(*h, e, p)
@@ -461,7 +489,7 @@ func (k *keyring) refresh(h [sha256.Size]byte, old *entry, p lookupPolicy) {
 		if err != nil {
 			kept := *old
 			kept.loaded = time.Now()
-			k.put(&kept, gen, time.Until(kept.expires))
+			k.put(&kept, gen)
 		}
 		// Until the cache has applied the answer, requests still see the
 		// stale entry and would start another lookup.
@@ -470,14 +498,17 @@ func (k *keyring) refresh(h [sha256.Size]byte, old *entry, p lookupPolicy) {
 	})
 }
 
-// put caches e for ttl unless an invalidation came after generation gen.
-func (k *keyring) put(e *entry, gen uint64, ttl time.Duration) {
-	if ttl <= 0 {
+// put caches e until e.expires unless an invalidation came after
+// generation gen. The cache holds it without a TTL of its own (see
+// cached): an expired entry stays until a lookup replaces it or the
+// cache, when full, evicts it.
+func (k *keyring) put(e *entry, gen uint64) {
+	if !time.Now().Before(e.expires) {
 		return
 	}
 	k.mu.RLock()
 	if k.gen.Load() == gen && !k.closed {
-		k.cache.SetWithTTL(cacheIndex(&e.hash), e, 1, ttl)
+		k.cache.Set(cacheIndex(&e.hash), e, 1)
 	}
 	k.mu.RUnlock()
 }
@@ -564,7 +595,7 @@ func (k *keyring) load(ctx context.Context, h [sha256.Size]byte, gen uint64, p l
 		e = newEntry(h, a.rec, a.acct, now)
 		e.usage = k.usageOf(a.rec.ID)
 		e.expires = now.Add(p.ttl)
-		k.put(e, gen, p.ttl)
+		k.put(e, gen)
 		k.known.put(&h, now, knownFor)
 	case errors.Is(a.err, ErrNotFound):
 		e = notFound

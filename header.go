@@ -235,7 +235,8 @@ func dropClientHeaders(h http.Header) {
 // isPostscaleName reports whether a field name is Postscale-* in any case,
 // or Postscale_* or Postscale.*.
 func isPostscaleName(name string) bool {
-	if len(name) <= len("Postscale-") || !strings.EqualFold(name[:len("Postscale")], "Postscale") {
+	// The first letter alone rules out nearly every header a request has.
+	if len(name) <= len("Postscale-") || name[0]|0x20 != 'p' || !strings.EqualFold(name[:len("Postscale")], "Postscale") {
 		return false
 	}
 	c := name[len("Postscale")]

@@ -83,6 +83,8 @@ type limit struct {
 	// policy is the RateLimit-Policy value; its w is the time an empty
 	// bucket takes to refill, in whole seconds (at least 1).
 	policy string
+	// item starts this limit's RateLimit item: the quoted name and ";r=".
+	item string
 	// since is when this limit came into force (the config load, or the
 	// account update reaching the cache): a bucket that was under another
 	// limit switches to this one from then, not from its next request.
@@ -109,6 +111,7 @@ func newLimit(name string, p Plan, since time.Time) *limit {
 	}
 	window := max(1, int64(math.Ceil(float64(p.Burst)/p.Rate)))
 	l.policy = fmt.Sprintf("%q;q=%d;w=%d", name, p.Burst, window)
+	l.item = strconv.Quote(name) + ";r="
 	if p.Quota != nil {
 		l.quota = newQuotaPolicy(name, *p.Quota)
 		l.policyWithQuota = l.policy + ", " + l.quota.policy
@@ -142,8 +145,7 @@ type quotaState struct {
 // followed by the quota's item when one applies.
 func rateLimitHeader(l *limit, s state, q quotaState) string {
 	var buf [192]byte
-	b := strconv.AppendQuote(buf[:0], l.name)
-	b = append(b, ";r="...)
+	b := append(buf[:0], l.item...)
 	b = strconv.AppendInt(b, s.remaining, 10)
 	b = append(b, ";t="...)
 	b = strconv.AppendInt(b, s.full, 10)
@@ -163,8 +165,7 @@ func quotaHeader(q quotaState) string {
 
 // appendQuotaItem appends "<plan>-<period>";r=<left>;t=<seconds to the reset>.
 func appendQuotaItem(b []byte, q quotaState) []byte {
-	b = strconv.AppendQuote(b, q.policy.name)
-	b = append(b, ";r="...)
+	b = append(b, q.policy.item...)
 	b = strconv.AppendInt(b, q.remaining, 10)
 	b = append(b, ";t="...)
 	return strconv.AppendInt(b, q.reset, 10)

@@ -270,7 +270,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return next.ServeHTTP(w, r)
 		}
 	}
-	now := time.Now()
+	now := requestTime(r)
 	e, o, retryAfter := h.check(r, now)
 	if o != outcomeAdmitted {
 		if e != nil {
@@ -414,24 +414,39 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	l.admitted[e.mode].Inc()
 	h.keys.countRequest(e, now)
 
+	// Authorization goes first, so that its slot takes one of the four
+	// headers: a request with up to five headers then keeps its map
+	// without growing it.
 	hdr := r.Header
+	if !h.ForwardAuthorization {
+		delete(hdr, "Authorization")
+	}
 	hdr["Postscale-Mode"] = oneValue(vals, valMode, e.mode.String())
 	hdr["Postscale-Account-Id"] = oneValue(vals, valAccount, e.accountID)
 	hdr["Postscale-Key-Id"] = oneValue(vals, valKey, e.keyID)
 	hdr["Postscale-Plan"] = oneValue(vals, valPlan, e.plan)
-	if !h.ForwardAuthorization {
-		delete(hdr, "Authorization")
-	}
 
+	// The placeholders come from the entry. A replacer looks its static
+	// values (Replacer.Set) up before mapped ones, so a value a handler
+	// before this one set under the same name stays.
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	repl.Set("postscale.mode", e.modeVal)
-	repl.Set("postscale.account_id", e.accountVal)
-	repl.Set("postscale.key_id", e.keyVal)
-	repl.Set("postscale.plan", e.planVal)
-	repl.Set("postscale.key_name", e.nameVal)
-	repl.Set("http.auth.user.id", e.keyVal)
+	repl.Map(e.placeholders)
 
 	return next.ServeHTTP(w, r)
+}
+
+// requestTime returns when Caddy began to handle r (its start_time
+// variable, which the server sets for every request), or the time now for
+// a request that has none. Reading the clock once more would cost as much
+// as the rest of a cached key's check on a virtual machine whose clock
+// source the vDSO cannot read; a time a few microseconds old decides
+// buckets and expiries as well, and buckets take requests whose times
+// arrive out of order.
+func requestTime(r *http.Request) time.Time {
+	if t, ok := caddyhttp.GetVar(r.Context(), "start_time").(time.Time); ok {
+		return t
+	}
+	return time.Now()
 }
 
 // quotaOf returns the quota of e's account under limit l, or nil: its own,

@@ -113,11 +113,13 @@ type quotaPolicy struct {
 	Quota
 	name   string // e.g. growth-month
 	policy string // e.g. "growth-month";q=50000
+	item   string // the start of its RateLimit item: "growth-month";r=
 }
 
 func newQuotaPolicy(plan string, q Quota) *quotaPolicy {
 	name := plan + "-" + string(q.Period)
-	return &quotaPolicy{Quota: q, name: name, policy: strconv.Quote(name) + ";q=" + strconv.FormatInt(q.Count, 10)}
+	quoted := strconv.Quote(name)
+	return &quotaPolicy{Quota: q, name: name, policy: quoted + ";q=" + strconv.FormatInt(q.Count, 10), item: quoted + ";r="}
 }
 
 // quotaKey names one account's quota period: its length and start.
