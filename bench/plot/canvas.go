@@ -32,10 +32,16 @@ func (c *canvas) set(x, y int, col color.RGBA) {
 // fill paints r (clipped).
 func (c *canvas) fill(r image.Rectangle, col color.RGBA) {
 	r = r.Intersect(c.clip)
-	for y := r.Min.Y; y < r.Max.Y; y++ {
-		for x := r.Min.X; x < r.Max.X; x++ {
-			c.img.SetRGBA(x, y, col)
-		}
+	if r.Empty() {
+		return
+	}
+	// Paint the first row, then copy it to the others.
+	first := c.img.Pix[c.img.PixOffset(r.Min.X, r.Min.Y):c.img.PixOffset(r.Max.X, r.Min.Y)]
+	for i := 0; i < len(first); i += 4 {
+		first[i], first[i+1], first[i+2], first[i+3] = col.R, col.G, col.B, col.A
+	}
+	for y := r.Min.Y + 1; y < r.Max.Y; y++ {
+		copy(c.img.Pix[c.img.PixOffset(r.Min.X, y):], first)
 	}
 }
 

@@ -257,8 +257,11 @@ func logAxis(title string, lo, hi float64) axis {
 }
 
 // formatNumber writes v with the given decimals, and commas between
-// thousands: 12,500 or 0.25.
+// thousands: 12,500 or 0.25; 0 is always "0".
 func formatNumber(v float64, decimals int) string {
+	if v == 0 {
+		return "0"
+	}
 	s := strconv.FormatFloat(v, 'f', decimals, 64)
 	neg := strings.HasPrefix(s, "-")
 	s = strings.TrimPrefix(s, "-")

@@ -150,6 +150,9 @@ func nines(pct float64) float64 { return -math.Log10(1 - pct/100) }
 // flatten everything but the maximum against the floor.
 func latencyChart(res *results, st map[string]style, conns int, subtitle string) (*chart, error) {
 	at := concurrencies(res.latus, func(k pctKey) int { return k.conns })
+	if len(at) == 0 {
+		return nil, fmt.Errorf("latency.tsv has no measurements")
+	}
 	if !slices.Contains(at, conns) {
 		return nil, fmt.Errorf("latency.tsv has no data at %d connections (it has %s)", conns, joinInts(at))
 	}
