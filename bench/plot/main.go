@@ -125,7 +125,8 @@ func writePNG(path string, ch *chart) error {
 // paletted is img with a palette of its colours, exactly the same pixels
 // in a quarter of the bytes (the plots have a few dozen colours, no
 // blending), which makes the PNG smaller and quicker to write; or img
-// itself if it has more colours than a palette holds.
+// itself if it has more colours than a palette holds. img's bounds start
+// at (0, 0), as a canvas's do.
 func paletted(img *image.RGBA) image.Image {
 	out := image.NewPaletted(img.Bounds(), nil)
 	index := map[color.RGBA]uint8{}

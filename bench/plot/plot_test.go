@@ -442,3 +442,25 @@ func TestFontCoversEverythingDrawn(t *testing.T) {
 		t.Error("look-alike glyphs are identical")
 	}
 }
+
+func TestPNGKeepsEveryColour(t *testing.T) {
+	res, err := load(sampleSet(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := rpsChart(res, styles(res.configs), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := ch.draw()
+	p, ok := paletted(c.img).(*image.Paletted)
+	if !ok {
+		t.Fatal("a chart has more than 256 colours")
+	}
+	for i := 0; i < len(p.Pix); i += 7 { // a sample, to stay quick
+		x, y := i%plotW, i/plotW
+		if got, want := p.At(x, y), c.img.RGBAAt(x, y); color.RGBAModel.Convert(got) != want {
+			t.Fatalf("pixel %d,%d is %v in the PNG, %v as drawn", x, y, got, want)
+		}
+	}
+}

@@ -89,9 +89,10 @@ func sized(s style) style {
 func byConcurrency(res *results, st map[string]style, values map[runKey][]float64, scale float64, title, ytitle, subtitle string) (*chart, error) {
 	ch := &chart{title: title}
 	top := 0.0
+	conns := concurrencies(values, func(k runKey) int { return k.conns })
 	for _, config := range res.configs {
 		s := series{name: config, style: st[config]}
-		for _, conns := range concurrencies(values, func(k runKey) int { return k.conns }) {
+		for _, conns := range conns {
 			if vs := values[runKey{config, conns}]; len(vs) > 0 {
 				s.pts = append(s.pts, xy{float64(conns), median(vs) * scale})
 				top = max(top, s.pts[len(s.pts)-1].y)
@@ -105,7 +106,7 @@ func byConcurrency(res *results, st map[string]style, values map[runKey][]float6
 		return nil, fmt.Errorf("no %s in results.tsv", strings.ToLower(ytitle))
 	}
 	ch.subtitle = withRounds(subtitle, maxLen(values))
-	ch.x = concurrencyAxis(concurrencies(values, func(k runKey) int { return k.conns }))
+	ch.x = concurrencyAxis(conns)
 	ch.y = linearAxis(ytitle, top)
 	return ch, nil
 }
