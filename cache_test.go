@@ -55,7 +55,9 @@ func (s *fakeStore) LookupKey(ctx context.Context, h [sha256.Size]byte) (KeyReco
 	if !ok {
 		return KeyRecord{}, Account{}, ErrNotFound
 	}
-	return k, s.account, nil
+	a := s.account
+	a.ID = k.Account // s.account's, but for keys added with addFor
+	return k, a, nil
 }
 
 func (s *fakeStore) Watch(ctx context.Context, fn func(Change)) error {
@@ -63,15 +65,22 @@ func (s *fakeStore) Watch(ctx context.Context, fn func(Change)) error {
 	return ctx.Err()
 }
 
-// add stores a new live key and returns it.
+// add stores a new live key of s.account and returns it.
 func (s *fakeStore) add(t testing.TB) (string, KeyRecord) {
+	t.Helper()
+	return s.addFor(t, s.account.ID)
+}
+
+// addFor stores a new live key of account (on s.account's plan) and
+// returns it.
+func (s *fakeStore) addFor(t testing.TB, account string) (string, KeyRecord) {
 	t.Helper()
 	key, err := NewKey(ModeLive)
 	if err != nil {
 		t.Fatal(err)
 	}
 	id, _ := newID("key_")
-	rec := KeyRecord{ID: id, Account: s.account.ID, Name: "test key", Mode: ModeLive, Hash: HashKey(key), Redacted: Redact(key)}
+	rec := KeyRecord{ID: id, Account: account, Name: "test key", Mode: ModeLive, Hash: HashKey(key), Redacted: Redact(key)}
 	s.mu.Lock()
 	s.keys[rec.Hash] = rec
 	s.mu.Unlock()
