@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -224,8 +225,16 @@ type commandCounter struct {
 }
 
 func (c *commandCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+// ProcessPipelineHook counts a pipeline (or MULTI/EXEC) as "pipeline":
+// however many commands it holds, it is one round trip.
 func (c *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		c.mu.Lock()
+		c.n["pipeline"]++
+		c.mu.Unlock()
+		return next(ctx, cmds)
+	}
 }
 func (c *commandCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
@@ -234,6 +243,24 @@ func (c *commandCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		c.mu.Unlock()
 		return next(ctx, cmd)
 	}
+}
+
+// countCommands adds a commandCounter to l's client.
+func countCommands(l *RedisLimiter) *commandCounter {
+	c := &commandCounter{n: map[string]int{}}
+	l.shared.client.AddHook(c)
+	return c
+}
+
+// roundTrips is how many round trips the counts make: each command sent
+// alone is one (the limiter never retries: MaxRetries is -1), and so is
+// each pipeline.
+func roundTrips(n map[string]int) int {
+	sum := 0
+	for _, v := range n {
+		sum += v
+	}
+	return sum
 }
 
 // reset returns the counts so far and starts again from zero.
@@ -274,8 +301,7 @@ func TestRedisLimiterFallback(t *testing.T) {
 				Replicas: 2,
 				Timeout:  caddy.Duration(timeout),
 			}, zap.New(obs))
-			counter := &commandCounter{n: map[string]int{}}
-			l.shared.client.AddHook(counter)
+			counter := countCommands(l)
 			ctx := context.Background()
 			plan := mustLimit(t, "p", Plan{Rate: 1, Burst: 5}) // a share: rate 0.5, burst 3
 			if st := l.Take(ctx, bucketKey{account: "warm", mode: ModeLive}, plan, time.Now()); !st.admitted {
@@ -595,32 +621,159 @@ func TestRedisLimiterShareAllocatesNothing(t *testing.T) {
 	}
 }
 
+// TestRedisLimiterOneRoundTrip: every decision in Redis, admitted or
+// refused, with or without a quota, is one command and one round trip:
+// the script, run by its digest. A second command per decision (a read
+// before the script, a separate EXPIRE, an EVAL resent after NOSCRIPT)
+// would double the latency each request waits for Redis.
+func TestRedisLimiterOneRoundTrip(t *testing.T) {
+	url, prefix := testenv.Redis(t)
+	l := openRedisLimiter(t, &RedisLimiter{URL: url, Prefix: prefix, Timeout: caddy.Duration(time.Second)}, zap.NewNop())
+	counter := countCommands(l)
+	ctx := context.Background()
+	plan := mustLimit(t, "p", Plan{Rate: 1, Burst: 2})
+	// The pool's first connection says hello to Redis once; that is the
+	// connection's round trip, not a decision's.
+	l.Take(ctx, bucketKey{account: "warm", mode: ModeLive}, plan, time.Now())
+	counter.reset()
+
+	want := func(what string, decisions int) {
+		t.Helper()
+		n := counter.reset()
+		if got := roundTrips(n); got != decisions || n["evalsha"] != decisions {
+			t.Errorf("%s: %d decisions sent %v to Redis (%d round trips); want %d, one EVALSHA each", what, decisions, n, got, decisions)
+		}
+	}
+	k := bucketKey{account: "acme", mode: ModeLive}
+	var got []bool
+	for range 3 { // a new bucket, an existing one, and a refusal
+		got = append(got, l.Take(ctx, k, plan, time.Now()).admitted)
+	}
+	if fmt.Sprint(got) != "[true true false]" {
+		t.Fatalf("admitted %v; want [true true false] (burst 2)", got)
+	}
+	want("Take", 3)
+
+	q := newQuotaPolicy("p", Quota{Count: 2, Period: PeriodDay})
+	start, end := periodAt(time.Time{}, PeriodDay, time.Now())
+	c := &quotaCounter{quotaKey: quotaKey{account: "quota", period: PeriodDay, start: start.UnixNano()}, end: end.UnixNano()}
+	qk := bucketKey{account: "quota", mode: ModeLive}
+	type answer struct{ admitted, exceeded, ok bool }
+	var answers []answer
+	for range 3 { // two within the quota, then one past it
+		st, exceeded, ok := l.TakeQuota(ctx, qk, plan, q, c, time.Now())
+		answers = append(answers, answer{st.admitted, exceeded, ok})
+	}
+	if fmt.Sprint(answers) != "[{true false true} {true false true} {false true true}]" {
+		t.Fatalf("TakeQuota answers %v; want two admitted, then refused by the quota, all decided in Redis", answers)
+	}
+	want("TakeQuota", 3)
+	mustRedis(t, l)
+}
+
+// redisStats is what the Redis server reports having spent: the limiter
+// script's calls and their µs (INFO commandstats: EVALSHA and EVAL), and
+// the server's CPU time in µs (INFO cpu: user and system, every thread,
+// so the network I/O of each call too).
+type redisStats struct{ calls, scriptUsec, cpuUsec float64 }
+
+func readRedisStats(tb testing.TB, rc *redis.Client) redisStats {
+	tb.Helper()
+	info, err := rc.Info(context.Background(), "commandstats", "cpu").Result()
+	if err != nil {
+		tb.Fatalf("INFO: %v", err)
+	}
+	var s redisStats
+	for line := range strings.Lines(info) {
+		name, value, _ := strings.Cut(strings.TrimSpace(line), ":")
+		switch name {
+		case "cmdstat_evalsha", "cmdstat_eval":
+			for field := range strings.SplitSeq(value, ",") {
+				k, v, _ := strings.Cut(field, "=")
+				f, _ := strconv.ParseFloat(v, 64)
+				switch k {
+				case "calls":
+					s.calls += f
+				case "usec":
+					s.scriptUsec += f
+				}
+			}
+		case "used_cpu_user", "used_cpu_sys":
+			f, _ := strconv.ParseFloat(value, 64)
+			s.cpuUsec += f * 1e6
+		}
+	}
+	return s
+}
+
+// redisCosts measures what b's decisions cost beyond ns/op and allocs/op.
+// Call it before the timed loop and call the function it returns after,
+// which reports per decision: round trips to Redis (counted by a client
+// hook), script runs Redis counted (above 1 when something else runs
+// scripts on the server at the same time, as other test runs on a shared
+// server do), and µs of CPU this process used (the gateway's side: the
+// client, its goroutines and the GC); and per script run Redis counted,
+// so that others' runs of the same script do not inflate them: µs Redis
+// spent in the script, and µs of CPU the whole Redis server used (its
+// network I/O too, and anything else it served meanwhile).
+func redisCosts(b *testing.B, url string, l *RedisLimiter) func() {
+	rc := redisClient(b, url)
+	counter := countCommands(l)
+	before, cpu := readRedisStats(b, rc), processCPU()
+	return func() {
+		b.StopTimer()
+		now := processCPU()
+		after := readRedisStats(b, rc)
+		n := float64(b.N)
+		b.ReportMetric(float64(roundTrips(counter.reset()))/n, "roundtrips/op")
+		if calls := after.calls - before.calls; calls > 0 {
+			b.ReportMetric(calls/n, "redis-calls/op")
+			b.ReportMetric((after.scriptUsec-before.scriptUsec)/calls, "redis-script-µs/call")
+			b.ReportMetric((after.cpuUsec-before.cpuUsec)/calls, "redis-cpu-µs/call")
+		}
+		if cpu >= 0 && now >= 0 {
+			b.ReportMetric(float64((now-cpu).Microseconds())/n, "gw-cpu-µs/op")
+		}
+		mustRedis(b, l)
+	}
+}
+
+// benchRedisTimeout is the Redis limiter's timeout in the benchmarks: on
+// a busy machine a decision now and then takes longer than the default
+// 50ms, and the limiter would fall back, leaving the rest of the run
+// measuring the shares instead of Redis.
+const benchRedisTimeout = caddy.Duration(time.Second)
+
 // BenchmarkRedisLimiterTake: one decision is one round trip to Redis.
+// Besides time and allocations it reports the round trips, and the CPU
+// Redis and this process spent, per decision (see redisCosts).
 func BenchmarkRedisLimiterTake(b *testing.B) {
 	url, prefix := testenv.Redis(b)
-	l := openRedisLimiter(b, &RedisLimiter{URL: url, Prefix: prefix}, zap.NewNop())
+	l := openRedisLimiter(b, &RedisLimiter{URL: url, Prefix: prefix, Timeout: benchRedisTimeout}, zap.NewNop())
 	plan := mustLimit(b, "scale", Plan{Rate: maxRate, Burst: maxBurst})
 	keys := make([]bucketKey, 1000)
 	for i := range keys {
 		keys[i] = bucketKey{account: fmt.Sprintf("acct_%d", i), mode: ModeLive}
 	}
 	ctx := context.Background()
+	l.Take(ctx, keys[0], plan, time.Time{}) // the pool's connection
+	report := redisCosts(b, url, l)
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		l.Take(ctx, keys[i%len(keys)], plan, time.Time{})
 	}
-	b.StopTimer()
-	mustRedis(b, l)
+	report()
 }
 
 // BenchmarkRedisLimiterTakeParallel: decisions from 16 goroutines per
 // core at once, each on its own accounts, sharing the client's pool.
 func BenchmarkRedisLimiterTakeParallel(b *testing.B) {
 	url, prefix := testenv.Redis(b)
-	l := openRedisLimiter(b, &RedisLimiter{URL: url, Prefix: prefix}, zap.NewNop())
+	l := openRedisLimiter(b, &RedisLimiter{URL: url, Prefix: prefix, Timeout: benchRedisTimeout}, zap.NewNop())
 	plan := mustLimit(b, "scale", Plan{Rate: maxRate, Burst: maxBurst})
 	var next atomic.Int64
 	ctx := context.Background()
+	report := redisCosts(b, url, l)
 	b.ReportAllocs()
 	b.SetParallelism(16)
 	b.RunParallel(func(pb *testing.PB) {
@@ -633,8 +786,34 @@ func BenchmarkRedisLimiterTakeParallel(b *testing.B) {
 			l.Take(ctx, keys[i%len(keys)], plan, time.Time{})
 		}
 	})
-	b.StopTimer()
-	mustRedis(b, l)
+	report()
+}
+
+// BenchmarkRedisLimiterTakeQuota: a live request with a quota, its bucket
+// and quota counter decided together in one round trip.
+func BenchmarkRedisLimiterTakeQuota(b *testing.B) {
+	url, prefix := testenv.Redis(b)
+	l := openRedisLimiter(b, &RedisLimiter{URL: url, Prefix: prefix, Timeout: benchRedisTimeout}, zap.NewNop())
+	plan := mustLimit(b, "scale", Plan{Rate: maxRate, Burst: maxBurst})
+	q := newQuotaPolicy("scale", Quota{Count: 1 << 62, Period: PeriodMonth})
+	start, end := periodAt(time.Time{}, PeriodMonth, time.Now())
+	keys := make([]bucketKey, 1000)
+	counters := make([]*quotaCounter, len(keys))
+	for i := range keys {
+		keys[i] = bucketKey{account: fmt.Sprintf("acct_%d", i), mode: ModeLive}
+		counters[i] = &quotaCounter{quotaKey: quotaKey{account: keys[i].account, period: PeriodMonth, start: start.UnixNano()}, end: end.UnixNano()}
+	}
+	ctx := context.Background()
+	l.Take(ctx, keys[0], plan, time.Time{}) // the pool's connection
+	report := redisCosts(b, url, l)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		j := i % len(keys)
+		if _, _, ok := l.TakeQuota(ctx, keys[j], plan, q, counters[j], time.Time{}); !ok {
+			b.Fatal("TakeQuota was not decided in Redis")
+		}
+	}
+	report()
 }
 
 // TestRedisLimiterReplyErrorDoesNotSwitch: Redis up but answering the

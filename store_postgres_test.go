@@ -22,7 +22,7 @@ import (
 
 // openTestPostgres opens the store at dsn as the CLI does and closes it
 // when the test ends.
-func openTestPostgres(t *testing.T, dsn string) *PostgresStore {
+func openTestPostgres(t testing.TB, dsn string) *PostgresStore {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
