@@ -631,10 +631,17 @@ func (s *SQLiteStore) RecordUsage(ctx context.Context, usage []Usage) error {
 		return err
 	}
 	defer tx.Rollback()
+	// Prepared once: a flush may hold every key used in the last
+	// interval, and compiling the statement again for each key took about
+	// as long as running it.
+	update, err := tx.PrepareContext(ctx, `UPDATE keys SET use_count = use_count + ?,
+			last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?`)
+	if err != nil {
+		return err
+	}
+	defer update.Close()
 	for _, u := range usage {
-		if _, err := tx.ExecContext(ctx, `UPDATE keys SET use_count = use_count + ?,
-			last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?`,
-			u.Requests, u.LastUsed.UnixNano(), u.KeyID); err != nil {
+		if _, err := update.ExecContext(ctx, u.Requests, u.LastUsed.UnixNano(), u.KeyID); err != nil {
 			return err
 		}
 	}
@@ -648,21 +655,35 @@ func (s *SQLiteStore) RecordAccountUsage(ctx context.Context, periods []PeriodUs
 		return nil, err
 	}
 	defer tx.Rollback()
+	// Each statement prepared once per flush, as in RecordUsage.
 	totals := make([]PeriodUsage, len(periods))
-	for i, p := range periods {
-		t := PeriodUsage{Account: p.Account, Period: p.Period, Start: p.Start}
-		if err := tx.QueryRowContext(ctx, `INSERT INTO quota_usage (account, period, period_start, live, test) VALUES (?, ?, ?, ?, ?)
+	if len(periods) > 0 {
+		add, err := tx.PrepareContext(ctx, `INSERT INTO quota_usage (account, period, period_start, live, test) VALUES (?, ?, ?, ?, ?)
 			ON CONFLICT (account, period_start, period) DO UPDATE SET live = live + excluded.live, test = test + excluded.test
-			RETURNING live, test`, p.Account, string(p.Period), p.Start.UnixNano(), p.Live, p.Test).Scan(&t.Live, &t.Test); err != nil {
+			RETURNING live, test`)
+		if err != nil {
 			return nil, err
 		}
-		totals[i] = t
+		defer add.Close()
+		for i, p := range periods {
+			t := PeriodUsage{Account: p.Account, Period: p.Period, Start: p.Start}
+			if err := add.QueryRowContext(ctx, p.Account, string(p.Period), p.Start.UnixNano(), p.Live, p.Test).Scan(&t.Live, &t.Test); err != nil {
+				return nil, err
+			}
+			totals[i] = t
+		}
 	}
-	for _, h := range hours {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO hourly_usage (account, hour, admitted, refused) VALUES (?, ?, ?, ?)
-			ON CONFLICT (account, hour) DO UPDATE SET admitted = admitted + excluded.admitted, refused = refused + excluded.refused`,
-			h.Account, h.Hour.UnixNano(), h.Admitted, h.Refused); err != nil {
+	if len(hours) > 0 {
+		add, err := tx.PrepareContext(ctx, `INSERT INTO hourly_usage (account, hour, admitted, refused) VALUES (?, ?, ?, ?)
+			ON CONFLICT (account, hour) DO UPDATE SET admitted = admitted + excluded.admitted, refused = refused + excluded.refused`)
+		if err != nil {
 			return nil, err
+		}
+		defer add.Close()
+		for _, h := range hours {
+			if _, err := add.ExecContext(ctx, h.Account, h.Hour.UnixNano(), h.Admitted, h.Refused); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if len(hours) > 0 {

@@ -17,7 +17,7 @@ const sqliteTestPollInterval = 20 * time.Millisecond
 
 // openTestSQLite opens the store at path as the CLI does, with a short poll
 // interval, and closes it when the test ends.
-func openTestSQLite(t *testing.T, path string) *SQLiteStore {
+func openTestSQLite(t testing.TB, path string) *SQLiteStore {
 	t.Helper()
 	s, err := OpenSQLiteStore(path)
 	if err != nil {
@@ -300,5 +300,33 @@ func TestSQLiteRefusesNewerSchema(t *testing.T) {
 	}
 	if v != newer {
 		t.Errorf("user_version after the refused open = %d, want it left at %d", v, newer)
+	}
+}
+
+// BenchmarkSQLiteRecordUsage measures a usage flush of 10,000 keys (what
+// the keyring writes every 10 s when that many keys were used): ns/op is
+// one key's share.
+func BenchmarkSQLiteRecordUsage(b *testing.B) {
+	s := openTestSQLite(b, filepath.Join(b.TempDir(), "keys.db"))
+	if err := s.CreateAccount(b.Context(), Account{ID: "acme", Plan: "growth"}); err != nil {
+		b.Fatal(err)
+	}
+	recs := make([]KeyRecord, 10_000)
+	usage := make([]Usage, len(recs))
+	for i := range recs {
+		key, _ := NewKey(ModeLive)
+		id, _ := newID("key_")
+		recs[i] = KeyRecord{ID: id, Account: "acme", Name: "k", Mode: ModeLive, Hash: HashKey(key), Redacted: Redact(key), CreatedAt: time.Now()}
+		usage[i] = Usage{KeyID: id, Requests: 3, LastUsed: time.Now()}
+	}
+	if err := s.CreateKeys(b.Context(), recs); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for n := b.N; n > 0; n -= len(usage) {
+		if err := s.RecordUsage(b.Context(), usage[:min(n, len(usage))]); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
