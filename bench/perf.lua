@@ -4,6 +4,8 @@
 --   PERF_KEY=<key>        that one key in every request (or none if unset);
 --   PERF_KEY_FILE=<file>  the keys of the file, one a line, in turn: one
 --                         request per key, then from the top again;
+--   PERF_KEY_OFFSET=<n>   with PERF_KEY_FILE: start at the key after the n-th
+--                         (modulo the file's length), not at the first;
 --   PERF_XFF=1            with PERF_KEY_FILE: each request also says it comes
 --                         from a different client address (X-Forwarded-For,
 --                         10.x.y.z counted up with the line number), for a
@@ -49,6 +51,7 @@ if key_file ~= nil and key_file ~= "" then
     if n == 0 then
       error("perf.lua: no keys in " .. key_file)
     end
+    next_request = (tonumber(os.getenv("PERF_KEY_OFFSET") or "0") or 0) % n + 1
   end
 
   function request()
