@@ -37,7 +37,7 @@ var extraLabels = []struct{ metric, label string }{
 	{"redis_cmds_per_req", "Redis commands per request, the script's own included"},
 	{"redis_cpu_us_per_req", "Redis CPU µs per request"},
 	{"redis_fallback", "limiter fallen back to local shares at the round's end (must be 0)"},
-	{"store_lookups_per_s", "store lookups per second (flood: during the flood)"},
+	{"store_lookups_per_s", "store lookups per second"},
 	{"flood_rps", "flood requests per second (made-up keys)"},
 	{"flood_admitted", "flood requests admitted (must be 0)"},
 	{"start_ms", "start → first admitted request, ms"},
