@@ -256,7 +256,10 @@ setup() { # config: what its store needs before it starts
 	case $1 in
 	postgres)
 		PG_DB=perfsh_$$_$RANDOM
-		psql -q "$PG_URL" -c "CREATE DATABASE $PG_DB" >/dev/null || { PG_DB= && die "could not create a database at $PG_URL"; }
+		if ! psql -q "$PG_URL" -c "CREATE DATABASE $PG_DB" >/dev/null; then
+			PG_DB= # not ours to drop
+			die "could not create a database at $PG_URL"
+		fi
 		make_key postgres
 		;;
 	keys1m) seed_keys1m ;;
