@@ -32,6 +32,11 @@ type entry struct {
 	// expires is when its cache TTL ends; an entry kept after a failed
 	// look-up-again keeps that end.
 	expires time.Time
+	// refreshAt is when a request for it starts a look-up-again in the
+	// background (a tenth of the TTL before expires), so that a key in
+	// use is never served from the store while its client waits, and
+	// the keys cached together do not all expire together.
+	refreshAt time.Time
 
 	keyID, keyName, accountID, plan string
 	mode                            Mode
@@ -449,7 +454,7 @@ func (k *keyring) cached(h *[sha256.Size]byte, now time.Time, p lookupPolicy) *e
 	// on some virtual machines, and the request has the time already.
 	if e, ok := k.cache.Get(cacheIndex(h)); ok && hashEqual(&e.hash, h) && now.Before(e.expires) {
 		metrics.cacheHits.Inc()
-		if k.feedLost.Load() && now.Sub(e.loaded) >= staleAfter {
+		if !now.Before(e.refreshAt) || k.feedLost.Load() && now.Sub(e.loaded) >= staleAfter {
 			k.refresh(*h, e, p)
 		}
 		return e
@@ -482,13 +487,16 @@ func (k *keyring) refresh(h [sha256.Size]byte, old *entry, p lookupPolicy) {
 	k.group.DoChan(flightKey(&h, gen), func() (any, error) {
 		// A request that read old just before an earlier refresh replaced
 		// it must not ask the store again.
-		if cur, ok := k.cache.Get(cacheIndex(&h)); ok && hashEqual(&cur.hash, &h) && time.Since(cur.loaded) < staleAfter {
+		if cur, ok := k.cache.Get(cacheIndex(&h)); ok && hashEqual(&cur.hash, &h) && cur != old {
 			return cur, nil
 		}
 		e, err := k.load(context.Background(), h, gen, p)
 		if err != nil {
 			kept := *old
 			kept.loaded = time.Now()
+			// Asked again at most once per staleAfter while the store
+			// cannot answer, until the TTL ends.
+			kept.refreshAt = kept.loaded.Add(staleAfter)
 			k.put(&kept, gen)
 		}
 		// Until the cache has applied the answer, requests still see the
@@ -595,6 +603,7 @@ func (k *keyring) load(ctx context.Context, h [sha256.Size]byte, gen uint64, p l
 		e = newEntry(h, a.rec, a.acct, now)
 		e.usage = k.usageOf(a.rec.ID)
 		e.expires = now.Add(p.ttl)
+		e.refreshAt = e.expires.Add(-p.ttl / 10)
 		k.put(e, gen)
 		k.known.put(&h, now, knownFor)
 	case errors.Is(a.err, ErrNotFound):

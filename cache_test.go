@@ -678,3 +678,46 @@ func TestKeyringBurstWaitsForSlots(t *testing.T) {
 		t.Errorf("%d of 30 valid keys arriving at once failed with 4 lookup slots and a store that answers in 2ms", n)
 	}
 }
+
+// A key in use is looked up again in the background in the last tenth of
+// its TTL: the request that starts it, and those after, are answered from
+// the cache, and the key never expires while it is used.
+func TestCachedKeyRefreshedBeforeItExpires(t *testing.T) {
+	s := newFakeStore()
+	k := newTestKeyring(t, s)
+	key, _ := s.add(t)
+	h := HashKey(key)
+	start := time.Now()
+	first, _, err := testGet(k, &h, testPolicy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	settle(k)
+
+	// Before the last tenth of the minute: the cache alone.
+	if e := k.cached(&h, start.Add(50*time.Second), testPolicy); e != first {
+		t.Fatalf("at 50s of a 1m TTL: got %p, want the cached entry %p", e, first)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if n := s.lookups.Load(); n != 1 {
+		t.Fatalf("at 50s of a 1m TTL the store was asked %d times, want once", n)
+	}
+
+	// In the last tenth: still answered from the cache at once, and looked
+	// up again meanwhile.
+	if e := k.cached(&h, start.Add(55*time.Second), testPolicy); e != first {
+		t.Fatalf("at 55s of a 1m TTL: got %p, want the cached entry %p while it is looked up again", e, first)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for s.lookups.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("a key in the last tenth of its TTL was not looked up again")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	settle(k)
+	again := k.cached(&h, time.Now(), testPolicy)
+	if again == nil || again == first || !again.expires.After(first.expires) {
+		t.Fatalf("after the look-up-again: entry %p (expires %v), want a new one expiring after %v", again, again.expires, first.expires)
+	}
+}
