@@ -671,6 +671,85 @@ func TestRedisLimiterOneRoundTrip(t *testing.T) {
 	mustRedis(t, l)
 }
 
+// Decisions made while the senders are busy go to Redis together, in
+// fewer round trips than decisions, and each is decided as if alone: a
+// bucket of 50 admits exactly 50 of 102 requests.
+func TestRedisLimiterBatchesConcurrentDecisions(t *testing.T) {
+	url, prefix := testenv.Redis(t)
+	l := openRedisLimiter(t, &RedisLimiter{URL: url, Prefix: prefix, Timeout: caddy.Duration(5 * time.Second)}, zap.NewNop())
+	plan := mustLimit(t, "p", Plan{Rate: minRate, Burst: 50})
+	ctx := context.Background()
+	l.Take(ctx, bucketKey{account: "warm", mode: ModeLive}, plan, time.Now())
+	counter := countCommands(l)
+	gate := &holdRoundTrips{entered: make(chan struct{}, redisSenders), release: make(chan struct{})}
+	l.shared.client.AddHook(gate)
+
+	k := bucketKey{account: "acme", mode: ModeLive}
+	var admitted atomic.Int64
+	var wg sync.WaitGroup
+	take := func() {
+		if l.Take(ctx, k, plan, time.Now()).admitted {
+			admitted.Add(1)
+		}
+	}
+	// One decision per sender, each held in its round trip…
+	for range redisSenders {
+		wg.Go(take)
+		<-gate.entered
+	}
+	// …while 100 more queue up.
+	for range 100 {
+		wg.Go(take)
+	}
+	for len(l.shared.queue) < 100 {
+		time.Sleep(time.Millisecond)
+	}
+	close(gate.release)
+	wg.Wait()
+
+	decisions := 100 + redisSenders
+	if got := admitted.Load(); got != 50 {
+		t.Errorf("%d concurrent decisions on a bucket of 50 admitted %d; want 50", decisions, got)
+	}
+	if n := roundTrips(counter.reset()); n > decisions/4 {
+		t.Errorf("%d decisions made together took %d round trips; want them sent in batches", decisions, n)
+	}
+	mustRedis(t, l)
+}
+
+// holdRoundTrips holds every round trip to Redis until release is
+// closed, saying on entered that one is held.
+type holdRoundTrips struct {
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (h *holdRoundTrips) hold() {
+	select {
+	case <-h.release:
+	default:
+		select {
+		case h.entered <- struct{}{}:
+		default:
+		}
+		<-h.release
+	}
+}
+
+func (h *holdRoundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *holdRoundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.hold()
+		return next(ctx, cmd)
+	}
+}
+func (h *holdRoundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.hold()
+		return next(ctx, cmds)
+	}
+}
+
 // redisStats is what the Redis server reports having spent: the limiter
 // script's calls and their µs (INFO commandstats: EVALSHA and EVAL), and
 // the server's CPU time in µs (INFO cpu: user and system, every thread,
