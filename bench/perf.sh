@@ -42,6 +42,7 @@
 #   OUT=dir           where results go (default bench/results/<date-time>)
 #   PLOTS=dir         where bench/plot draws the PNGs (default OUT; docs/bench for the committed ones)
 #   KEYS=1000000 HOT=100000            keys1m's stored and hot keys
+#   PERF_CACHE_TTL=5m                  keys1m's cache_ttl (each hot key is looked up again once per TTL)
 #   FLOOD_KEYS=200000 FLOOD_CONNS=64   the flood's distinct made-up keys and its connections
 #   REDIS_URL=redis://127.0.0.1:6379/0
 #   PG_URL='postgres://postgres@127.0.0.1:5432/test?sslmode=disable'  a database to run CREATE DATABASE in
