@@ -95,6 +95,15 @@ func (br *benchRequests) take(b *testing.B) *http.Request {
 	return r
 }
 
+// newBenchHandler is newTestHandler with TTLs longer than any benchmark
+// runs (-count 6 of a few sub-benchmarks takes minutes), so that no
+// entry expires or is looked up again while it is measured.
+func newBenchHandler(b *testing.B, s Store, plans map[string]Plan) *Handler {
+	h := newTestHandler(b, s, plans)
+	h.lookup = lookupPolicy{ttl: 24 * time.Hour, negTTL: maxNegativeTTL, timeout: time.Second}
+	return h
+}
+
 // nopNext stands for reverse_proxy.
 var nopNext = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
 
@@ -180,7 +189,7 @@ func wantStatus(code int) func(*testing.B, *httptest.ResponseRecorder) {
 // gateway adds in front of reverse_proxy on every request.
 func BenchmarkCachedKey(b *testing.B) {
 	s := newFakeStore()
-	h := newTestHandler(b, s, unlimited)
+	h := newBenchHandler(b, s, unlimited)
 	serial, auths := cachedKeys(b, s, h, 1000)
 	benchServe(b, h, serial, auths, wantStatus(http.StatusOK))
 }
@@ -189,7 +198,7 @@ func BenchmarkCachedKey(b *testing.B) {
 // quota: the quota's counting and its RateLimit item on top.
 func BenchmarkCachedKeyQuota(b *testing.B) {
 	s := newFakeStore()
-	h := newTestHandler(b, s, map[string]Plan{"growth": {Rate: maxRate, Burst: maxBurst, Quota: &Quota{Count: maxQuota, Period: PeriodMonth}}})
+	h := newBenchHandler(b, s, map[string]Plan{"growth": {Rate: maxRate, Burst: maxBurst, Quota: &Quota{Count: maxQuota, Period: PeriodMonth}}})
 	serial, auths := cachedKeys(b, s, h, 1000)
 	benchServe(b, h, serial, auths, func(b *testing.B, w *httptest.ResponseRecorder) {
 		wantStatus(http.StatusOK)(b, w)
@@ -205,7 +214,7 @@ func BenchmarkCachedKeyRateLimited(b *testing.B) {
 	s := newFakeStore()
 	// The first request of each account, which caches its key, takes
 	// the one token.
-	h := newTestHandler(b, s, map[string]Plan{"growth": {Rate: minRate, Burst: 1}})
+	h := newBenchHandler(b, s, map[string]Plan{"growth": {Rate: minRate, Burst: 1}})
 	serial, auths := cachedKeys(b, s, h, 1000)
 	benchServe(b, h, serial, auths, wantStatus(http.StatusTooManyRequests))
 }
@@ -214,7 +223,7 @@ func BenchmarkCachedKeyRateLimited(b *testing.B) {
 // cache or store lookup.
 func BenchmarkRejectBadChecksum(b *testing.B) {
 	s := newFakeStore()
-	h := newTestHandler(b, s, unlimited)
+	h := newBenchHandler(b, s, unlimited)
 	bad := make([]string, 1000)
 	for i := range bad {
 		key, _ := NewKey(ModeLive)
@@ -231,7 +240,7 @@ func BenchmarkRejectBadChecksum(b *testing.B) {
 // once.
 func BenchmarkUnknownKey(b *testing.B) {
 	s := newFakeStore()
-	h := newTestHandler(b, s, unlimited)
+	h := newBenchHandler(b, s, unlimited)
 	unknown := make([]string, 1000)
 	for i := range unknown {
 		key, _ := NewKey(ModeLive)
@@ -264,7 +273,7 @@ func BenchmarkPrepareRequest(b *testing.B) {
 // has used up its failed_auth guesses: answered 429 without a lookup.
 func BenchmarkThrottledAddress(b *testing.B) {
 	s := newFakeStore()
-	h := newTestHandler(b, s, unlimited)
+	h := newBenchHandler(b, s, unlimited)
 	h.guessLimit = &FailedAuth{Count: 1, Window: caddy.Duration(time.Hour)}
 	keys := make([]string, 1024)
 	for i := range keys {
@@ -304,7 +313,7 @@ func BenchmarkCachedKeyStored(b *testing.B) {
 				b.Skip("takes a minute to set up: POSTSCALE_BENCH_LARGE=1 go test -run '^$' -bench CachedKeyStored -benchmem .")
 			}
 			s := &bigStore{fakeStore: newFakeStore(), cold: make(map[[sha256.Size]byte]int32, c.stored-c.hot)}
-			h := newTestHandler(b, s, unlimited)
+			h := newBenchHandler(b, s, unlimited)
 			for i := range c.stored - c.hot {
 				var hash [sha256.Size]byte
 				_, _ = rand.Read(hash[:])
