@@ -77,8 +77,8 @@ profile bare "$PERF_BARE_PORT" "$bare_admin" "$BARE"
 profile gateway "$PERF_GATEWAY_PORT" "$gateway_admin" "$GATEWAY"
 
 echo
-echo "== gateway: its own code (the postscale handler and what it calls), share of all samples"
-go tool pprof -top -cum -focus 'caddy-postscale' -nodecount 30 "$GATEWAY" "$OUT/gateway.pprof" 2>/dev/null |
-	sed -n '/Showing nodes\|flat%/,$p' | head -32
+echo "== gateway: the postscale handler's own code (what it calls but reverse_proxy), share of all samples"
+go tool pprof -top -cum -focus 'caddy-postscale' -ignore 'reverseproxy' -nodecount 40 "$GATEWAY" "$OUT/gateway.pprof" 2>/dev/null |
+	sed -n '/Showing nodes\|flat%/,$p' | grep -v 'caddyhttp\.\|net/http\.' | head -30
 echo
 echo "profiles: $OUT (go tool pprof -http=: bin/caddy $OUT/gateway.pprof)"
