@@ -454,8 +454,8 @@ var notFound = &entry{}
 // never delays a cached key; an unknown key that old is not trusted.
 func (k *keyring) cached(h *[sha256.Size]byte, now time.Time, p lookupPolicy) *entry {
 	// The entry's own expiry, not ristretto's TTL: ristretto would read
-	// the clock on every Get, which costs more than the rest of the probe
-	// on some virtual machines, and the request has the time already.
+	// the clock on every Get (see requestTime for what that costs), and
+	// the request has the time already.
 	if e, ok := k.cache.Get(cacheIndex(h)); ok && hashEqual(&e.hash, h) && now.Before(e.expires) {
 		metrics.cacheHits.Inc()
 		if !now.Before(e.refreshAt) || k.feedLost.Load() && now.Sub(e.loaded) >= staleAfter {
