@@ -175,6 +175,20 @@ func cachedKeys(b *testing.B, s *fakeStore, h *Handler, n int) (serial string, a
 	return serial, auths
 }
 
+// madeUpAuths returns n Authorization values of new live keys that no
+// store holds, each passed through spoil first unless it is nil.
+func madeUpAuths(n int, spoil func(key string) string) []string {
+	auths := make([]string, n)
+	for i := range auths {
+		key, _ := NewKey(ModeLive)
+		if spoil != nil {
+			key = spoil(key)
+		}
+		auths[i] = "Bearer " + key
+	}
+	return auths
+}
+
 // wantStatus is a benchmark check: the last answer had status code.
 func wantStatus(code int) func(*testing.B, *httptest.ResponseRecorder) {
 	return func(b *testing.B, w *httptest.ResponseRecorder) {
@@ -224,11 +238,7 @@ func BenchmarkCachedKeyRateLimited(b *testing.B) {
 func BenchmarkRejectBadChecksum(b *testing.B) {
 	s := newFakeStore()
 	h := newBenchHandler(b, s, unlimited)
-	bad := make([]string, 1000)
-	for i := range bad {
-		key, _ := NewKey(ModeLive)
-		bad[i] = "Bearer " + key[:len(key)-1] + string(key[len(key)-1]^1)
-	}
+	bad := madeUpAuths(1000, func(key string) string { return key[:len(key)-1] + string(key[len(key)-1]^1) })
 	benchServe(b, h, bad[0], bad, wantStatus(http.StatusUnauthorized))
 	if n := s.lookups.Load(); n != 0 {
 		b.Fatalf("bad checksums reached the store %d times", n)
@@ -241,11 +251,7 @@ func BenchmarkRejectBadChecksum(b *testing.B) {
 func BenchmarkUnknownKey(b *testing.B) {
 	s := newFakeStore()
 	h := newBenchHandler(b, s, unlimited)
-	unknown := make([]string, 1000)
-	for i := range unknown {
-		key, _ := NewKey(ModeLive)
-		unknown[i] = "Bearer " + key
-	}
+	unknown := madeUpAuths(1000, nil)
 	br := newBenchRequests(unknown...)
 	for range unknown {
 		_ = h.ServeHTTP(httptest.NewRecorder(), br.take(nil), nopNext)
@@ -275,11 +281,7 @@ func BenchmarkThrottledAddress(b *testing.B) {
 	s := newFakeStore()
 	h := newBenchHandler(b, s, unlimited)
 	h.guessLimit = &FailedAuth{Count: 1, Window: caddy.Duration(time.Hour)}
-	keys := make([]string, 1024)
-	for i := range keys {
-		k, _ := NewKey(ModeLive)
-		keys[i] = "Bearer " + k
-	}
+	keys := madeUpAuths(1024, nil)
 	br := newBenchRequests(keys...)
 	w := httptest.NewRecorder()
 	b.ReportAllocs()

@@ -93,10 +93,13 @@ func entryPlaceholders(mode Mode, accountID, keyID, plan, keyName string) caddy.
 	}
 }
 
-// entryCounters point an entry at its account's current counters.
+// entryCounters point an entry at its account's current counters, and
+// say whether a look-up-again of the entry is under way (see cached), so
+// that the requests meanwhile do not each ask for one.
 type entryCounters struct {
-	counter atomic.Pointer[quotaCounter]
-	hour    atomic.Pointer[hourCounter]
+	counter    atomic.Pointer[quotaCounter]
+	hour       atomic.Pointer[hourCounter]
+	refreshing atomic.Bool
 }
 
 // newEntry builds the cache entry of a key found in the store at time now.
@@ -458,7 +461,8 @@ func (k *keyring) cached(h *[sha256.Size]byte, now time.Time, p lookupPolicy) *e
 	// the request has the time already.
 	if e, ok := k.cache.Get(cacheIndex(h)); ok && hashEqual(&e.hash, h) && now.Before(e.expires) {
 		metrics.cacheHits.Inc()
-		if !now.Before(e.refreshAt) || k.feedLost.Load() && now.Sub(e.loaded) >= staleAfter {
+		due := !now.Before(e.refreshAt) || k.feedLost.Load() && now.Sub(e.loaded) >= staleAfter
+		if due && e.counters.refreshing.CompareAndSwap(false, true) {
 			k.refresh(*h, e, p)
 		}
 		return e
@@ -486,9 +490,13 @@ func flightKey(h *[sha256.Size]byte, gen uint64) string {
 //
 // h is a copy, not a pointer: it outlives the request (as lookup's does),
 // and a pointer would move the caller's key to the heap on every request.
+//
+// The caller has set old.counters.refreshing; it is cleared once the
+// look-up-again has answered (a copy kept while the store is down shares
+// it, and may be looked up again from then on).
 func (k *keyring) refresh(h [sha256.Size]byte, old *entry, p lookupPolicy) {
 	gen := k.gen.Load()
-	k.group.DoChan(flightKey(&h, gen), func() (any, error) {
+	done := k.group.DoChan(flightKey(&h, gen), func() (any, error) {
 		// A request that read old just before an earlier refresh replaced
 		// it must not ask the store again.
 		if cur, ok := k.cache.Get(cacheIndex(&h)); ok && hashEqual(&cur.hash, &h) && cur != old {
@@ -508,6 +516,10 @@ func (k *keyring) refresh(h [sha256.Size]byte, old *entry, p lookupPolicy) {
 		k.waitApplied()
 		return e, err
 	})
+	go func() {
+		<-done
+		old.counters.refreshing.Store(false)
+	}()
 }
 
 // put caches e until e.expires unless an invalidation came after
